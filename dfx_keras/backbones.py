@@ -1,0 +1,138 @@
+"""Registry of ImageNet backbones: constructor, preprocessing, input size, feature size.
+
+Every backbone is a Keras functional model without its classifier, ending in global average
+pooling, so it maps an image batch to a feature vector of a known length. Preprocessing is a
+serializable layer (not a Lambda) so models load with ``safe_mode=True`` and the SavedModel
+export carries it in the graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import keras
+from keras import layers, ops
+
+# ImageNet statistics used by the "torch" preprocessing mode (DenseNet in keras.applications).
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+# BGR means subtracted by the "caffe" mode (ResNet in keras.applications).
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="dfx_keras")
+class BackbonePreprocessing(layers.Layer):
+    """Maps float RGB images in [0, 255] to what a backbone's ImageNet weights expect.
+
+    Modes mirror ``keras.applications.imagenet_utils.preprocess_input``: ``torch`` (scale to
+    [0, 1], ImageNet mean/std), ``caffe`` (RGB->BGR, subtract means), ``tf`` (scale to [-1, 1]),
+    ``none`` (the backbone normalises inside, e.g. EfficientNet).
+    """
+
+    MODES = ("torch", "caffe", "tf", "none")
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"unknown preprocessing mode {mode!r}; expected one of {self.MODES}")
+        self.mode = mode
+
+    def call(self, images):
+        images = ops.cast(images, self.compute_dtype)
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_IMAGENET_MEAN, self.compute_dtype)
+            std = ops.convert_to_tensor(_IMAGENET_STD, self.compute_dtype)
+            return (images / 255.0 - mean) / std
+        if self.mode == "caffe":
+            mean = ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
+            return ops.flip(images, axis=-1) - mean
+        if self.mode == "tf":
+            return images / 127.5 - 1.0
+        return images
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _tiny_cnn(input_shape, weights=None, name="tiny"):
+    """A four-conv CNN for tests and the demo: trains in seconds on a CPU, 64 features."""
+    if weights not in (None, "none"):
+        raise ValueError("the tiny backbone has no pretrained weights; use --weights=none")
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    for filters in (32, 64, 64):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _application(constructor_name: str) -> Callable:
+    """Wraps a keras.applications constructor as (input_shape, weights, name) -> model."""
+
+    def build(input_shape, weights=None, name=None):
+        constructor = getattr(keras.applications, constructor_name)
+        model = constructor(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
+        model.name = name or model.name
+        return model
+
+    return build
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """What the rest of the project needs to know about a backbone."""
+
+    name: str
+    build: Callable
+    preprocessing: str
+    default_image_size: int
+    feature_dim: int
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("densenet121", _application("DenseNet121"), "torch", 256, 1024),
+        BackboneSpec("densenet169", _application("DenseNet169"), "torch", 256, 1664),
+        BackboneSpec("densenet201", _application("DenseNet201"), "torch", 256, 1920),
+        BackboneSpec("resnet50", _application("ResNet50"), "caffe", 256, 2048),
+        BackboneSpec("resnet101", _application("ResNet101"), "caffe", 256, 2048),
+        BackboneSpec("resnet152", _application("ResNet152"), "caffe", 256, 2048),
+        BackboneSpec("efficientnet_b0", _application("EfficientNetB0"), "none", 256, 1280),
+        BackboneSpec("efficientnet_b4", _application("EfficientNetB4"), "none", 256, 1792),
+        BackboneSpec("inception_v3", _application("InceptionV3"), "tf", 299, 2048),
+        BackboneSpec("tiny", _tiny_cnn, "tf", 64, 64),
+    ]
+}
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The registry entry of ``name``; an unknown name fails with the list of choices."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """``imagenet`` (download), ``none``/None (random init) or a path to a weights file.
+
+    A path is checked here so that a typo fails at once, not after the corpus scan.
+    """
+    if weights in (None, "", "none", "None"):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not os.path.isfile(weights):
+        raise ValueError(f"--weights must be 'imagenet', 'none' or an existing weights file; not found: {weights}")
+    return weights
+
+
+def build_backbone(name: str, image_size: int, weights: str | None = None) -> keras.Model:
+    """Build the feature extractor ``name`` for square ``image_size`` RGB inputs."""
+    spec = get_backbone(name)
+    return spec.build((image_size, image_size, 3), weights=resolve_weights(weights), name=name)

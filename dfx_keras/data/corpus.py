@@ -1,0 +1,255 @@
+"""The corpus on disk: scan the folder layout, check the files, assign pools, select subsets.
+
+Layout: ``<root>/{dm_generated,gan_generated,real}/<architecture>/<image>``. Everything here
+is plain Python (no TensorFlow), so the tfds builder, the training pipelines and the
+evaluation protocols all share one definition of labels, pools and subsets.
+
+Pools are assigned by a stable hash of the path relative to the root, so the split is the same
+on every machine, whatever the file order, and does not move when images are added or removed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import hashlib
+import os
+from collections import Counter, defaultdict
+from typing import Iterable, Sequence
+
+from absl import logging
+from PIL import Image
+
+from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+POOL_SHARES = (0.4, 0.4, 0.2)  # base models, complete model, test
+BASE_POOL, COMPLETE_POOL, TEST_POOL = range(3)
+UNSPECIFIED_ARCHITECTURE = "unspecified"
+SPLIT_COLUMNS = ("label", "image_path", "model")
+
+# Decompression-bomb guard for the checks below; the real corpus tops out at 1024x1024.
+Image.MAX_IMAGE_PIXELS = 16384 * 16384
+
+
+class CorpusError(ValueError):
+    """The corpus folder does not have the expected layout."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One image: its path relative to the corpus root (POSIX), class id and architecture."""
+
+    path: str
+    label: int
+    architecture: str
+
+    @property
+    def pool(self) -> int:
+        return pool_of(self.path)
+
+
+@dataclasses.dataclass
+class Corpus:
+    """A scanned corpus: the readable samples, and the files skipped with the reason."""
+
+    root: str
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def pool(self, pool: int) -> list[Sample]:
+        return [s for s in self.samples if s.pool == pool]
+
+    def abspath(self, sample: Sample) -> str:
+        return os.path.join(self.root, *sample.path.split("/"))
+
+    def architectures(self) -> list[str]:
+        return sorted({s.architecture for s in self.samples})
+
+
+def unit_hash(text: str, salt: str) -> float:
+    """A number in [0, 1) from SHA-256 of ``salt:text``: uniform, stable across machines."""
+    digest = hashlib.sha256(f"{salt}:{text}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def pool_of(relpath: str) -> int:
+    """Pool of an image (0 base models, 1 complete model, 2 test) from its relative path."""
+    u = unit_hash(relpath, "dfx-pool-v1")
+    return BASE_POOL if u < POOL_SHARES[0] else COMPLETE_POOL if u < POOL_SHARES[0] + POOL_SHARES[1] else TEST_POOL
+
+
+def list_images(root: str) -> list[Sample]:
+    """All image files under the three class folders, sorted by path; no file is opened.
+
+    Raises CorpusError naming what is missing when the layout is wrong.
+    """
+    if not os.path.isdir(root):
+        raise CorpusError(f"corpus folder not found: {root}")
+    missing = [c for c in CLASS_NAMES if not os.path.isdir(os.path.join(root, c))]
+    if missing:
+        found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        raise CorpusError(
+            f"{root} lacks the class folder(s) {', '.join(missing)}; expected "
+            f"{', '.join(CLASS_NAMES)} each holding one folder per architecture (found: {found or 'none'})")
+    samples = []
+    for label, name in enumerate(CLASS_NAMES):
+        class_dir = os.path.join(root, name)
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, class_dir)
+            architecture = UNSPECIFIED_ARCHITECTURE if rel_dir == "." else rel_dir.split(os.sep)[0]
+            for filename in sorted(filenames):
+                if filename.lower().endswith(IMAGE_EXTENSIONS):
+                    rel = os.path.relpath(os.path.join(dirpath, filename), root).replace(os.sep, "/")
+                    samples.append(Sample(rel, label, architecture))
+    if not samples:
+        raise CorpusError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}/{{{','.join(CLASS_NAMES)}}}")
+    return samples
+
+
+def check_image(path: str) -> str | None:
+    """Why an image file cannot be used, or None when it decodes.
+
+    Catches what would otherwise fail deep inside a tf.data pipeline: empty files, files that
+    are not images, truncated data. PNGs are checked by their chunk CRCs (no decompression),
+    JPEGs by a draft-mode decode at 1/8 scale, other formats by a full decode.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as im:
+            if im.format == "PNG":
+                im.verify()
+            else:
+                if im.format == "JPEG":
+                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+    except Exception as e:  # PIL raises many types for bad files; all mean "unusable".
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def scan_corpus(root: str, check: bool = True, workers: int | None = None) -> Corpus:
+    """List the corpus and, with ``check``, drop unreadable files with one warning each."""
+    samples = list_images(root)
+    if not check:
+        return Corpus(root, samples)
+    paths = [os.path.join(root, *s.path.split("/")) for s in samples]
+    with concurrent.futures.ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+        errors = list(pool.map(check_image, paths, chunksize=64))
+    kept, skipped = [], []
+    for sample, error in zip(samples, errors):
+        if error is None:
+            kept.append(sample)
+        else:
+            logging.warning("skipping unreadable image %s (%s)", sample.path, error)
+            skipped.append((sample.path, error))
+    if skipped:
+        logging.warning("skipped %d unreadable image(s) of %d under %s", len(skipped), len(samples), root)
+    if not kept:
+        raise CorpusError(f"none of the {len(samples)} image files under {root} could be read")
+    return Corpus(root, kept, skipped)
+
+
+def write_split_csv(samples: Iterable[Sample], path: str) -> None:
+    """Write the pool assignment as the reference's guidance.csv (label=pool, image_path, model)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SPLIT_COLUMNS)
+        for s in samples:
+            writer.writerow([s.pool, s.path, s.architecture])
+    os.replace(tmp, path)
+
+
+def read_split_csv(path: str) -> dict[str, int]:
+    """Map image_path -> pool from a split/guidance CSV."""
+    with open(path, newline="") as f:
+        return {row["image_path"]: int(row["label"]) for row in csv.DictReader(f)}
+
+
+def _first_by_hash(samples: Sequence[Sample], count: int, salt: str) -> list[Sample]:
+    return sorted(samples, key=lambda s: unit_hash(s.path, salt))[:count]
+
+
+def by_folder(samples: Iterable[Sample]) -> dict[tuple[int, str], list[Sample]]:
+    """Group samples by (class id, architecture folder)."""
+    groups = defaultdict(list)
+    for s in samples:
+        groups[(s.label, s.architecture)].append(s)
+    return dict(groups)
+
+
+def folder_quota(count: int, fraction: float) -> int:
+    """Images an "others" folder of ``count`` images contributes: round(fraction*count), >= 1."""
+    return min(count, max(1, round(fraction * count))) if fraction > 0 else 0
+
+
+def base_model_subset(samples: Iterable[Sample], main_class: int, others_fraction: float,
+                      salt: str = "others") -> list[Sample]:
+    """The deliberately unbalanced set of one base model, from pool-0 samples.
+
+    All images of ``main_class``, plus ``others_fraction`` of every architecture folder of the
+    other classes (at least one image per folder, so every generator is seen), chosen by hash.
+    """
+    chosen = []
+    for (label, _), group in sorted(by_folder(samples).items()):
+        if label == main_class:
+            chosen.extend(group)
+        else:
+            chosen.extend(_first_by_hash(group, folder_quota(len(group), others_fraction), salt))
+    return sorted(chosen, key=lambda s: s.path)
+
+
+def holdout_split(samples: Sequence[Sample], val_fraction: float, salt: str) -> tuple[list[Sample], list[Sample]]:
+    """Random (hash-ordered) train/validation split; the base models use 80/20."""
+    val = [s for s in samples if unit_hash(s.path, salt) < val_fraction]
+    val_paths = {s.path for s in val}
+    return [s for s in samples if s.path not in val_paths], val
+
+
+def balanced_holdout(samples: Sequence[Sample], fraction: float, salt: str) -> tuple[list[Sample], list[Sample]]:
+    """Validation of the complete model: ``fraction`` of the smallest class count, per class."""
+    counts = Counter(s.label for s in samples)
+    per_class = int(fraction * min(counts[c] for c in range(NUM_CLASSES))) if len(counts) == NUM_CLASSES else 0
+    val = []
+    for c in range(NUM_CLASSES):
+        val.extend(_first_by_hash([s for s in samples if s.label == c], per_class, salt))
+    val_paths = {s.path for s in val}
+    return [s for s in samples if s.path not in val_paths], sorted(val, key=lambda s: s.path)
+
+
+def class_weights(samples: Sequence[Sample]) -> dict[int, float]:
+    """The complete model's loss weights: 1 - share of each class."""
+    counts = Counter(s.label for s in samples)
+    total = max(1, len(samples))
+    return {c: 1.0 - counts[c] / total for c in range(NUM_CLASSES)}
+
+
+def balanced_sample(samples: Sequence[Sample], per_class: int | None, seed: int,
+                    groups: Sequence[Sequence[int]] = ((0,), (1,), (2,))) -> list[Sample]:
+    """Seeded class-balanced subset: ``per_class`` images from each group of class ids.
+
+    ``per_class=None`` takes the smallest group's size (the reference's balanced test sets).
+    """
+    members = [[s for s in samples if s.label in g] for g in groups]
+    n = min(len(m) for m in members) if per_class is None else per_class
+    out = []
+    for i, m in enumerate(members):
+        out.extend(_first_by_hash(m, min(n, len(m)), f"balanced-{seed}-{i}"))
+    return sorted(out, key=lambda s: s.path)
+
+
+def composition(samples: Iterable[Sample]) -> dict[str, int]:
+    """Counts per class name, for logs and reports."""
+    counts = Counter(s.label for s in samples)
+    return {name: counts[i] for i, name in enumerate(CLASS_NAMES)}
+
+
+def fraction_others(samples: Sequence[Sample], main_class: int) -> float:
+    """Share of images not of ``main_class`` (BM-DM ~12.9% on the full corpus)."""
+    return sum(s.label != main_class for s in samples) / max(1, len(samples))
+
+

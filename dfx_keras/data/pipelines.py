@@ -1,0 +1,109 @@
+"""tf.data pipelines: encoded images -> decoded RGB -> (attack) -> resized batches.
+
+Training and evaluation share these functions so an image is decoded and resized the same way
+everywhere (and the same way as the SavedModel's serving graph, see ``decode_and_resize``).
+
+A *source* yields ``(relative_path, encoded_bytes)`` for a list of samples; targets and sample
+weights are looked up by path, so the folder reader and the tfds reader feed the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+from dfx_keras.data.corpus import Sample
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """PNG/JPEG/BMP/GIF(first frame)/WebP bytes -> float32 (H, W, 3) RGB in [0, 255].
+
+    Grayscale, palette, RGBA (alpha dropped), 16-bit (scaled to 8-bit) and CMYK JPEG all come
+    out as 8-bit RGB; ``tf.io.decode_image`` does the conversions.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return tf.cast(image, tf.float32)
+
+
+def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Squash the whole image to ``image_size`` square: bilinear with antialias (the paper's)."""
+    resized = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
+    return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def decode_and_resize(encoded: tf.Tensor, image_size: int, transform: Callable | None = None) -> tf.Tensor:
+    """Decode, apply ``transform`` at the original resolution (attacks), then resize."""
+    image = decode_image(encoded)
+    if transform is not None:
+        image = transform(image)
+    return resize(image, image_size)
+
+
+class FolderSource:
+    """Reads images from the corpus folder, ``root/<relative path>``."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def encoded(self, samples: Sequence[Sample], shuffle_seed: int | None = None) -> tf.data.Dataset:
+        """``(path, bytes)`` in sample order, or reshuffled each epoch when a seed is given.
+
+        Paths are shuffled before any file is read, so the shuffle buffer holds strings only.
+        """
+        paths = tf.data.Dataset.from_tensor_slices([s.path for s in samples])
+        if shuffle_seed is not None:
+            paths = paths.shuffle(len(samples), seed=shuffle_seed, reshuffle_each_iteration=True)
+        root = self.root.rstrip("/") + "/"
+        return paths.map(lambda p: (p, tf.io.read_file(root + p)), num_parallel_calls=AUTOTUNE)
+
+
+def _lookup(samples: Sequence[Sample], values: Sequence, dtype) -> tf.lookup.StaticHashTable:
+    keys = tf.constant([s.path for s in samples])
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.constant(values, dtype)),
+                                     default_value=tf.constant(-1, dtype))
+
+
+def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size: int, *,
+                  targets: Sequence[int] | None = None, weights: Sequence[float] | None = None,
+                  shuffle_seed: int | None = None, transform: Callable | None = None,
+                  with_paths: bool = False, cache: bool = False, repeat: bool = False) -> tf.data.Dataset:
+    """Batches of ``(images, targets[, weights])``, or ``(images, paths)`` with ``with_paths``.
+
+    Images that fail to decode are dropped with a logged warning (``ignore_errors``) rather
+    than stopping a run; corpus scans already removed the ones a header check can find.
+    ``cache`` keeps the resized images in memory for later epochs (only without a transform,
+    which may be random).
+    """
+    ds = source.encoded(samples, shuffle_seed=None if cache else shuffle_seed)
+    target_table = _lookup(samples, targets, tf.int32) if targets is not None else None
+    weight_table = _lookup(samples, weights, tf.float32) if weights is not None else None
+
+    def load(path, encoded):
+        image = decode_and_resize(encoded, image_size, transform)
+        if with_paths:
+            return image, path
+        parts = [image, target_table.lookup(path)]
+        if weight_table is not None:
+            parts.append(weight_table.lookup(path))
+        return tuple(parts)
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
+    if cache:
+        ds = ds.cache()
+        if shuffle_seed is not None:
+            ds = ds.shuffle(min(len(samples), 4096), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def folder_source(data_dir: str) -> FolderSource:
+    """The source for a corpus folder (the tfds source lives in ``tfds_source``)."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"corpus folder not found: {data_dir}")
+    return FolderSource(data_dir)

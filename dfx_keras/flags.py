@@ -1,0 +1,58 @@
+"""absl flags shared by train.py and evaluate.py.
+
+Values that can be checked without touching data (names, ranges, enums) are validated by
+absl at parse time, so a typo fails with one line before TensorFlow builds anything.
+"""
+
+from absl import flags
+
+from dfx_keras.backbones import BACKBONES
+from dfx_keras.classes import CLASS_NAMES
+
+STAGES = ("all", "base", "complete", "baseline")
+STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+
+
+def define_common_flags():
+    """Flags that locate the work and the data; both CLIs use them."""
+    flags.DEFINE_string("workdir", None, "Folder for models, split.csv, logs, results and exports.")
+    flags.DEFINE_string("data_dir", None, "Corpus root: <data_dir>/{dm_generated,gan_generated,real}/<architecture>/<image>.")
+    flags.DEFINE_string("data", None, "Alternative data source: 'tfds:dfx_corpus/<config>' reads a prepared tfds "
+                        "dataset instead of --data_dir (optionally 'tfds:NAME/CONFIG@TFDS_DATA_DIR').")
+    flags.DEFINE_integer("batch_size", 32, "Global batch size (split across replicas).", lower_bound=1)
+    flags.DEFINE_integer("seed", 42, "Seed for initialisation, shuffling and balanced test sampling.")
+    flags.DEFINE_enum("strategy", "auto", STRATEGIES, "Distribution strategy: auto uses MirroredStrategy when "
+                      "more than one GPU is visible; multi_worker reads TF_CONFIG.")
+
+
+def define_train_flags():
+    """Flags of train.py (the paper's reference settings are the defaults)."""
+    define_common_flags()
+    flags.DEFINE_enum("stage", "all", STAGES, "What to train: all (three base models, complete model, evaluation, "
+                      "export), base (one base model, see --main_class), complete, or baseline.")
+    flags.DEFINE_enum("main_class", None, CLASS_NAMES, "Main class of the base model for --stage=base; "
+                      "omitted: all three.")
+    flags.DEFINE_enum("backbone", "densenet121", list(BACKBONES), "Backbone of the base models (and the baseline).")
+    flags.DEFINE_string("weights", "imagenet", "Backbone initialisation: imagenet (downloaded by Keras), none, "
+                        "or the path of a Keras weights file (offline users).")
+    flags.DEFINE_integer("image_size", 256, "Square model input; whole images are squashed to it.", lower_bound=16)
+    flags.DEFINE_integer("epochs", 50, "Epochs per stage; the checkpoint with the lowest validation loss is kept.",
+                         lower_bound=1)
+    flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate (for the global batch size).", lower_bound=0.0)
+    flags.DEFINE_float("weight_decay", 1e-3, "Coupled L2 added to the gradients (PyTorch Adam's weight_decay).",
+                       lower_bound=0.0)
+    flags.DEFINE_integer("lr_step_epochs", 0, "If > 0, multiply the learning rate by --lr_gamma every this many "
+                         "epochs (PyTorch StepLR); 0 keeps it constant as the reference.", lower_bound=0)
+    flags.DEFINE_float("lr_gamma", 0.1, "StepLR factor.", lower_bound=0.0)
+    flags.DEFINE_float("others_fraction", 0.04, "Share of every other-class architecture folder added to a base "
+                       "model's training set.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("val_fraction", 0.2, "Validation share of each training set (base models: random; "
+                       "complete model: per class, of the smallest class).", lower_bound=0.0, upper_bound=0.9)
+    flags.DEFINE_bool("feature_cache", True, "Complete stage: compute the frozen base models' features once and "
+                      "train the head on them (--nofeature_cache trains end to end on images).")
+    flags.DEFINE_bool("cache_images", False, "Keep resized images in memory after the first epoch (small corpora).")
+    flags.DEFINE_bool("overwrite", False, "Retrain stages whose model already exists in the workdir.")
+    flags.DEFINE_bool("make_demo_corpus", False, "Generate the procedural demo corpus in --data_dir if it is not "
+                      "there (no downloads).")
+    flags.DEFINE_bool("evaluate", True, "After --stage=all, evaluate the complete model on the test pool.")
+    flags.mark_flag_as_required("workdir")

@@ -1,0 +1,125 @@
+"""The DeepFeatureX Net models: base models, the Conv1D head and the complete model.
+
+All three are Keras functional models, so ``summary()`` shows their parts, they save as
+``.keras`` files and load with ``safe_mode=True``. Inputs are float RGB images in [0, 255] at
+the model's square size; each model normalises inside (see ``backbones``).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from dfx_keras import backbones
+from dfx_keras.classes import NUM_CLASSES, SHORT_NAMES
+
+FEATURES_LAYER = "features"
+LOGITS_LAYER = "logits"
+IMAGE_INPUT = "image"
+
+# The head of DESIGN.md 1.3: (filters, kernel, stride); every conv pads 1 on both sides.
+HEAD_CONVS = ((16, 7, 2), (64, 5, 2), (256, 3, 1), (512, 3, 1), (1024, 3, 1))
+# PyTorch BatchNorm1d defaults: momentum 0.1 there is 0.9 in Keras' convention.
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+
+
+def base_model_name(main_class: str) -> str:
+    """``bm_dm``, ``bm_gan`` or ``bm_real``: the model and file name of a base model."""
+    return f"bm_{SHORT_NAMES[main_class]}"
+
+
+def _image_to_features(backbone: str, image_size: int | None, weights: str | None):
+    """Input and ``features`` tensors of a backbone with its own preprocessing in front."""
+    spec = backbones.get_backbone(backbone)
+    image_size = image_size or spec.default_image_size
+    inputs = keras.Input((image_size, image_size, 3), name=IMAGE_INPUT)
+    x = backbones.BackbonePreprocessing(spec.preprocessing, name="preprocessing")(inputs)
+    x = backbones.build_backbone(backbone, image_size, weights)(x)
+    return inputs, layers.Identity(name=FEATURES_LAYER)(x)
+
+
+def build_base_model(backbone: str, image_size: int | None = None, weights: str | None = None,
+                     name: str = "base_model") -> keras.Model:
+    """Image -> backbone preprocessing -> backbone -> ``features`` -> Dense 2 logits.
+
+    Output index 1 is the base model's main class, 0 the rest.
+    """
+    inputs, features = _image_to_features(backbone, image_size, weights)
+    logits = layers.Dense(2, name=LOGITS_LAYER, dtype="float32")(features)
+    return keras.Model(inputs, logits, name=name)
+
+
+def feature_extractor(base_model: keras.Model) -> keras.Model:
+    """The base model without its head: image -> pooled feature vector (B, D)."""
+    return keras.Model(base_model.inputs, base_model.get_layer(FEATURES_LAYER).output,
+                       name=f"{base_model.name}_features")
+
+
+def build_head(feature_dim: int, name: str = "head") -> keras.Model:
+    """The Conv1D head: stacked features (B, D, 3) -> 3 logits, exactly as DESIGN.md 1.3.
+
+    PyTorch's ``padding=1`` is an explicit one-sample zero pad on both sides followed by a
+    ``valid`` convolution; Keras' ``same`` pads asymmetrically at stride 2 and differs.
+    Order per block: conv -> ReLU -> BatchNorm (none after the last conv).
+    """
+    inputs = keras.Input((feature_dim, 3), name="stacked_features")
+    x = inputs
+    for i, (filters, kernel, stride) in enumerate(HEAD_CONVS, start=1):
+        x = layers.ZeroPadding1D(1, name=f"pad{i}")(x)
+        x = layers.Conv1D(filters, kernel, strides=stride, padding="valid", name=f"conv{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+        if i < len(HEAD_CONVS):
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"bn{i}")(x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER, dtype="float32")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def stack_features(features: list) -> keras.KerasTensor:
+    """(B, D) x 3 -> (B, D, 3): one channel per base model, in the order DM, GAN, REAL."""
+    dim = features[0].shape[-1]
+    columns = [layers.Reshape((dim, 1), name=f"column_{n}")(f) for n, f in zip(("dm", "gan", "real"), features)]
+    return layers.Concatenate(axis=-1, name="stacked_features")(columns)
+
+
+def build_complete_model(bm_dm: keras.Model, bm_gan: keras.Model, bm_real: keras.Model,
+                         head: keras.Model | None = None, name: str = "complete") -> keras.Model:
+    """One image input -> three frozen base-model feature extractors -> stacked -> head.
+
+    The extractors are frozen (``trainable=False``), which in Keras 3 also runs their
+    BatchNorm layers in inference mode: the features are fixed and can be cached.
+    """
+    shapes = {tuple(m.input_shape[1:]) for m in (bm_dm, bm_gan, bm_real)}
+    if len(shapes) != 1:
+        raise ValueError(f"base models disagree on their input shape: {sorted(shapes)}")
+    inputs = keras.Input(shapes.pop(), name=IMAGE_INPUT)
+    features = []
+    for base in (bm_dm, bm_gan, bm_real):
+        extractor = feature_extractor(base)
+        extractor.trainable = False
+        features.append(extractor(inputs))
+    dims = {f.shape[-1] for f in features}
+    if len(dims) != 1:
+        raise ValueError(f"base models disagree on their feature size: {sorted(dims)}")
+    head = head or build_head(dims.pop())
+    logits = head(stack_features(features))
+    return keras.Model(inputs, logits, name=name)
+
+
+def build_baseline_model(backbone: str, image_size: int | None = None, weights: str | None = None) -> keras.Model:
+    """The paper's comparison: one backbone fine-tuned directly as a 3-class classifier."""
+    inputs, features = _image_to_features(backbone, image_size, weights)
+    logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER, dtype="float32")(features)
+    return keras.Model(inputs, logits, name="baseline")
+
+
+def head_of(complete: keras.Model) -> keras.Model:
+    """The head submodel of a complete model."""
+    return complete.get_layer("head")
+
+
+def load_model(path: str) -> keras.Model:
+    """Load a ``.keras`` file of this project with ``safe_mode=True`` (no Lambda, no pickles)."""
+    from dfx_keras import optimizers  # noqa: F401  registers the optimizer for compiled files
+
+    return keras.models.load_model(path, safe_mode=True)
