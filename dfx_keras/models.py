@@ -51,7 +51,7 @@ def build_base_model(backbone: str, image_size: int | None = None, weights: str 
 
 def feature_extractor(base_model: keras.Model) -> keras.Model:
     """The base model without its head: image -> pooled feature vector (B, D)."""
-    return keras.Model(base_model.inputs, base_model.get_layer(FEATURES_LAYER).output,
+    return keras.Model(base_model.input, base_model.get_layer(FEATURES_LAYER).output,
                        name=f"{base_model.name}_features")
 
 

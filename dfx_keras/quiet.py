@@ -1,12 +1,40 @@
 """Silence TensorFlow's own log noise in the CLIs unless ``--verbosity`` asks for it.
 
-Must run before TensorFlow is imported: the C++ log level is read once, at load time.
+TensorFlow 2.21 prints its C++ start-up messages (oneDNN, CUDA probing) through absl's C++
+logger *before* ``TF_CPP_MIN_LOG_LEVEL`` is applied, so the variable alone no longer silences
+them. The CLIs therefore also route the process' native stderr (file descriptor 2) through a
+filter that drops TensorFlow's C++ log lines and passes everything else through; Python's own
+``sys.stderr`` (tracebacks, absl warnings about skipped images) bypasses the filter.
+Call it first thing in a CLI entry point, before TensorFlow is imported.
 """
 
+import io
 import logging
 import os
+import re
 import sys
+import threading
 import warnings
+
+# "I0000 00:00:1795646122.375556   13630 port.cc:153] ..." and absl's pre-init banner; fatal
+# (F) lines still pass.
+NATIVE_NOISE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ )")
+
+
+def _filter_native_stderr() -> None:
+    original = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    sys.stderr = io.TextIOWrapper(io.FileIO(original, "w", closefd=False), line_buffering=True)
+
+    def pump():
+        with io.FileIO(read_fd, "r") as pipe:
+            for line in io.BufferedReader(pipe):
+                if not NATIVE_NOISE.match(line):
+                    os.write(original, line)
+
+    threading.Thread(target=pump, name="native-stderr-filter", daemon=True).start()
 
 
 def quiet_tensorflow(argv=None) -> None:
@@ -20,3 +48,4 @@ def quiet_tensorflow(argv=None) -> None:
     # Datasets that skip unreadable images have an unknown length, which Keras reports as
     # "ran out of data" at the end of every first epoch; the epoch did end normally.
     warnings.filterwarnings("ignore", message=".*Your input ran out of data.*")
+    _filter_native_stderr()

@@ -5,16 +5,13 @@ Checks the flags and the data location before any heavy work, writes the resolve
 resume) and prints where everything landed.
 """
 
-from dfx_keras.quiet import quiet_tensorflow
+import os
+import sys
+import time
 
-quiet_tensorflow()
+from absl import app, flags, logging
 
-import os  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags, logging  # noqa: E402
-
-from dfx_keras import flags as dfx_flags  # noqa: E402
+from dfx_keras import flags as dfx_flags
 
 dfx_flags.define_train_flags()
 FLAGS = flags.FLAGS
@@ -66,9 +63,14 @@ def main(argv):
     start = time.time()
     os.makedirs(FLAGS.workdir, exist_ok=True)
     write_flags(os.path.join(FLAGS.workdir, "flags.txt"))
-    outcome = run.train(config_from_flags(), data_dir=FLAGS.data_dir, data=FLAGS.data, stage=FLAGS.stage,
-                        main_class=FLAGS.main_class, strategy=FLAGS.strategy,
-                        make_demo_corpus=FLAGS.make_demo_corpus, evaluate=FLAGS.evaluate)
+    from dfx_keras.data.corpus import CorpusError
+
+    try:
+        outcome = run.train(config_from_flags(), data_dir=FLAGS.data_dir, data=FLAGS.data, stage=FLAGS.stage,
+                            main_class=FLAGS.main_class, strategy=FLAGS.strategy,
+                            make_demo_corpus=FLAGS.make_demo_corpus, evaluate=FLAGS.evaluate)
+    except (CorpusError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
     run.print_summary(outcome, time.time() - start)
 
 

@@ -116,6 +116,13 @@ def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     return model
 
 
+def check_sizes(name: str, train: Sequence, val: Sequence) -> None:
+    """Fail early and clearly when a corpus is too small to train or validate a stage."""
+    if not train or not val:
+        raise corpus_lib.CorpusError(f"{name}: {len(train)} training and {len(val)} validation images; the corpus is too "
+                         f"small for this stage (add images or raise --val_fraction)")
+
+
 def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, val_ds: tf.data.Dataset,
         cfg: TrainConfig, strategy: tf.distribute.Strategy) -> tuple[keras.Model, dict]:
     """Train ``build()`` for ``cfg.epochs`` with resume, logs and best-val-loss selection.
@@ -193,32 +200,43 @@ def _skip(cfg: TrainConfig, model_path: str) -> bool:
 
 # --- stages ----------------------------------------------------------------------------------
 
+def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str):
+    """Train and validation datasets of one base model, and the subset they were drawn from.
+
+    Main class vs an ``others_fraction`` sample of every other architecture folder, from
+    pool 0; targets are 1 for the main class, 0 for the rest.
+    """
+    main = class_id(main_class)
+    subset = corpus_lib.base_model_subset(corpus.pool(corpus_lib.BASE_POOL), main, cfg.others_fraction)
+    train, val = corpus_lib.holdout_split(subset, cfg.val_fraction, salt=f"val-{models.base_model_name(main_class)}")
+    check_sizes(models.base_model_name(main_class), train, val)
+    train_ds, val_ds = [
+        pipelines.image_dataset(source, part, cfg.image_size, cfg.batch_size, targets=[int(s.label == main) for s in part],
+                                shuffle_seed=seed, cache=cfg.cache_images)
+        for part, seed in ((train, cfg.seed), (val, None))]
+    return train_ds, val_ds, train, val
+
+
 def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str,
                      strategy: tf.distribute.Strategy) -> dict | None:
-    """One base model: main class vs an ``others_fraction`` sample of the rest, from pool 0."""
+    """One base model, trained on its deliberately unbalanced set (see ``base_model_data``)."""
     name = models.base_model_name(main_class)
     model_path = cfg.path("models", f"{name}.keras")
     if _skip(cfg, model_path):
         return None
-    main = class_id(main_class)
-    subset = corpus_lib.base_model_subset(corpus.pool(corpus_lib.BASE_POOL), main, cfg.others_fraction)
-    train, val = corpus_lib.holdout_split(subset, cfg.val_fraction, salt=f"val-{name}")
-    logging.info("%s: %d train / %d val images, %.1f%% others", name, len(train), len(val),
-                 100 * corpus_lib.fraction_others(subset, main))
-    datasets = [pipelines.image_dataset(source, part, cfg.image_size, cfg.batch_size,
-                                        targets=[int(s.label == main) for s in part],
-                                        shuffle_seed=seed, cache=cfg.cache_images)
-                for part, seed in ((train, cfg.seed), (val, None))]
+    train_ds, val_ds, train, val = base_model_data(cfg, corpus, source, main_class)
+    others = corpus_lib.fraction_others(train + val, class_id(main_class))
+    logging.info("%s: %d train / %d val images, %.1f%% others", name, len(train), len(val), 100 * others)
     model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name),
-                         *datasets, cfg, strategy)
+                         train_ds, val_ds, cfg, strategy)
     save_model(model, model_path)
-    return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val),
-                               "others_share": corpus_lib.fraction_others(subset, main)})
+    return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val), "others_share": others})
 
 
 def complete_split(corpus: corpus_lib.Corpus, val_fraction: float):
     """Pool 1 split for the complete model and its class weights (1 - share)."""
     train, val = corpus_lib.balanced_holdout(corpus.pool(corpus_lib.COMPLETE_POOL), val_fraction, salt="val-complete")
+    check_sizes("complete", train, val)
     return train, val, corpus_lib.class_weights(corpus.pool(corpus_lib.COMPLETE_POOL))
 
 
@@ -295,7 +313,7 @@ class FeatureCache:
         self.folder = os.path.join(workdir, "features")
         self.source, self.image_size, self.batch_size = source, image_size, batch_size
         with strategy.scope():
-            self.stacker = keras.Model(complete.inputs, complete.get_layer("stacked_features").output)
+            self.stacker = keras.Model(complete.input, complete.get_layer("stacked_features").output)
         self.weights_digest = _digest(w.numpy().tobytes() for w in self.stacker.weights)
 
     def features(self, samples: Sequence[corpus_lib.Sample]) -> tuple[np.ndarray, list[str]]:

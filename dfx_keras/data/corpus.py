@@ -204,10 +204,13 @@ def base_model_subset(samples: Iterable[Sample], main_class: int, others_fractio
 
 
 def holdout_split(samples: Sequence[Sample], val_fraction: float, salt: str) -> tuple[list[Sample], list[Sample]]:
-    """Random (hash-ordered) train/validation split; the base models use 80/20."""
-    val = [s for s in samples if unit_hash(s.path, salt) < val_fraction]
-    val_paths = {s.path for s in val}
-    return [s for s in samples if s.path not in val_paths], val
+    """Random (hash-ordered) train/validation split: round(val_fraction * n) images, at least
+    one when there are two or more; the base models use 80/20."""
+    count = round(val_fraction * len(samples))
+    if val_fraction > 0 and len(samples) >= 2:
+        count = max(1, count)
+    val_paths = {s.path for s in _first_by_hash(samples, count, salt)}
+    return [s for s in samples if s.path not in val_paths], [s for s in samples if s.path in val_paths]
 
 
 def balanced_holdout(samples: Sequence[Sample], fraction: float, salt: str) -> tuple[list[Sample], list[Sample]]:

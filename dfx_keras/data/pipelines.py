@@ -55,7 +55,7 @@ class FolderSource:
 
         Paths are shuffled before any file is read, so the shuffle buffer holds strings only.
         """
-        paths = tf.data.Dataset.from_tensor_slices([s.path for s in samples])
+        paths = tf.data.Dataset.from_tensor_slices(tf.constant([s.path for s in samples], tf.string))
         if shuffle_seed is not None:
             paths = paths.shuffle(len(samples), seed=shuffle_seed, reshuffle_each_iteration=True)
         root = self.root.rstrip("/") + "/"
@@ -63,7 +63,7 @@ class FolderSource:
 
 
 def _lookup(samples: Sequence[Sample], values: Sequence, dtype) -> tf.lookup.StaticHashTable:
-    keys = tf.constant([s.path for s in samples])
+    keys = tf.constant([s.path for s in samples], tf.string)
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.constant(values, dtype)),
                                      default_value=tf.constant(-1, dtype))
 

@@ -1,0 +1,72 @@
+"""tf.data pipelines: realised composition, order, resizing and unreadable images."""
+
+import os
+from collections import Counter
+
+import numpy as np
+import tensorflow as tf
+
+from conftest import make_corpus
+from dfx_keras.data import corpus as corpus_lib
+from dfx_keras.data import pipelines
+from dfx_keras.training import TrainConfig, base_model_data
+
+
+def _labels(ds):
+    return np.concatenate([batch[1].numpy() for batch in ds])
+
+
+def test_base_model_pipeline_realises_the_expected_composition(tmp_path):
+    """What the tf.data pipeline actually yields matches the unbalanced set of DESIGN.md 1.2."""
+    root = make_corpus(tmp_path / "c", per_folder=60, size=(16, 16))
+    corpus = corpus_lib.scan_corpus(root)
+    pool0 = corpus.pool(corpus_lib.BASE_POOL)
+    folders = corpus_lib.by_folder(pool0)
+    cfg = TrainConfig(workdir=str(tmp_path / "w"), image_size=16, batch_size=8, others_fraction=0.1, val_fraction=0.2)
+    for main, name in enumerate(("dm_generated", "gan_generated", "real")):
+        train_ds, val_ds, train, val = base_model_data(cfg, corpus, pipelines.FolderSource(root), name)
+        realised = Counter(_labels(train_ds).tolist()) + Counter(_labels(val_ds).tolist())
+        expected_main = sum(len(g) for (label, _), g in folders.items() if label == main)
+        expected_others = sum(corpus_lib.folder_quota(len(g), 0.1) for (label, _), g in folders.items() if label != main)
+        assert realised == {1: expected_main, 0: expected_others}
+        assert abs(len(val) / (len(train) + len(val)) - 0.2) < 0.1
+
+
+def test_shuffle_is_seeded_and_reshuffles_each_epoch(small_corpus):
+    corpus = corpus_lib.scan_corpus(small_corpus)
+    samples = corpus.samples
+    source = pipelines.FolderSource(small_corpus)
+
+    def order(seed):
+        ds = pipelines.image_dataset(source, samples, 8, 4, with_paths=True, shuffle_seed=seed)
+        return [[p.decode() for batch in ds for p in batch[1].numpy()] for _ in range(2)]
+
+    first, again = order(7), order(7)
+    assert first == again and first[0] != first[1]
+    assert sorted(first[0]) == sorted(s.path for s in samples)
+
+
+def test_images_are_squashed_to_the_model_size_in_range(small_corpus):
+    corpus = corpus_lib.scan_corpus(small_corpus)
+    ds = pipelines.image_dataset(pipelines.FolderSource(small_corpus), corpus.samples[:5], 24, 5,
+                                 targets=[s.label for s in corpus.samples[:5]])
+    images, labels = next(iter(ds))
+    assert images.shape == (5, 24, 24, 3) and images.dtype == tf.float32
+    assert 0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255
+
+
+def test_antialiased_resize_averages_instead_of_sampling():
+    """Downscaling a 1-pixel checkerboard by 4 must give flat grey (antialias), not aliasing."""
+    board = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.float32)
+    small = pipelines.resize(tf.constant(np.dstack([board] * 3)), 16).numpy()
+    assert abs(small.mean() - 127.5) < 1 and small.std() < 2
+
+
+def test_an_image_broken_after_the_scan_is_skipped_not_fatal(small_corpus):
+    corpus = corpus_lib.scan_corpus(small_corpus)
+    victim = corpus.samples[3]
+    with open(os.path.join(small_corpus, victim.path), "wb") as f:
+        f.write(b"garbage")
+    ds = pipelines.image_dataset(pipelines.FolderSource(small_corpus), corpus.samples, 8, 4, with_paths=True)
+    read = [p.decode() for _, paths in ds for p in paths.numpy()]
+    assert victim.path not in read and len(read) == len(corpus.samples) - 1
