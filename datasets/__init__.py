@@ -1,0 +1,1 @@
+"""tfds dataset builders of the project (``datasets/<name>/``, the `tfds new` layout)."""
