@@ -19,7 +19,7 @@ def define_flags() -> None:
     """Defined on demand, so importing this module never clashes with the training flags."""
     flags.DEFINE_string("out", None, "Folder to write the corpus to (created if missing); it will hold "
                         "{dm_generated,gan_generated,real}/<architecture>/<image>.png.")
-    flags.DEFINE_integer("images_per_architecture", 120, "Images in each of the 9 architecture folders "
+    flags.DEFINE_integer("images_per_architecture", demo.IMAGES_PER_ARCHITECTURE, "Images in each of the 9 architecture folders "
                          "(3 per class).", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Random seed: the same seed and size give byte-identical files.")
     flags.mark_flag_as_required("out")
