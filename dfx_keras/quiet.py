@@ -18,7 +18,7 @@ import warnings
 
 # "I0000 00:00:1795646122.375556   13630 port.cc:153] ..." and absl's pre-init banner; fatal
 # (F) lines still pass.
-NATIVE_NOISE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ )")
+NATIVE_NOISE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] )")
 
 
 def _filter_native_stderr() -> None:
