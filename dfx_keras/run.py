@@ -5,50 +5,85 @@ Kept apart from the flag parsing so tests and notebooks can run the same sequenc
 
 from __future__ import annotations
 
-import json
 import os
+from typing import Mapping, Sequence
 
-from dfx_keras import evaluation, models, training
+from dfx_keras import evaluation, reports, training
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
 
 
-def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus: bool = False):
-    """The scanned corpus (split.csv written) and the source that reads its images."""
+def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus: bool = False,
+              write_split: bool = True, data: str | None = None):
+    """The scanned corpus (split.csv written unless ``write_split=False``) and the source that
+    reads its images: the corpus folder, or a prepared tfds dataset when ``data`` is
+    ``tfds:NAME/CONFIG``."""
+    if data:
+        from dfx_keras.data import tfds_source
+
+        corpus, source = tfds_source.open_tfds(data)
+        if write_split:
+            corpus_lib.write_split_csv(corpus.samples, cfg.path("split.csv"))
+        return corpus, source
     if make_demo_corpus:
         from dfx_keras.data import demo
 
         demo.ensure_demo_corpus(data_dir)
-    return training.prepare_corpus(data_dir, cfg.workdir), pipelines.folder_source(data_dir)
+    return training.prepare_corpus(data_dir, cfg.workdir, write_split), pipelines.folder_source(data_dir)
 
 
-def write_results(workdir: str, results: dict) -> str:
-    """Merge ``results`` into ``results/results.json`` (written atomically); returns its path."""
-    path = os.path.join(workdir, "results", "results.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    merged = json.load(open(path)) if os.path.exists(path) else {}
-    merged.update(results)
-    with open(path + ".tmp", "w") as f:
-        json.dump(merged, f, indent=2, allow_nan=True)
-    os.replace(path + ".tmp", path)
-    return path
+def recorded_data_flags(workdir: str) -> dict[str, str]:
+    """``data_dir`` / ``data`` as train.py recorded them in ``W/flags.txt``."""
+    path = os.path.join(workdir, "flags.txt")
+    if not os.path.exists(path):
+        return {}
+    found = {}
+    with open(path) as f:
+        for line in f:
+            name, _, value = line.strip().lstrip("-").partition("=")
+            if name in ("data_dir", "data") and value:
+                found[name] = value
+    return found
 
 
-def evaluate_raw(cfg: training.TrainConfig, corpus, source, model_name: str = "complete") -> dict:
-    """Raw test-pool metrics of a trained model of the workdir."""
-    model = models.load_model(cfg.path("models", f"{model_name}.keras"))
-    blocks, read, probabilities = evaluation.raw_protocol(
-        model, source, corpus.pool(corpus_lib.TEST_POOL), model.input_shape[1], cfg.batch_size, cfg.seed)
-    return {"raw": blocks, "per_architecture": evaluation.per_architecture_accuracy(read, probabilities)}
+def evaluate(model_paths: Mapping[str, str], protocols: Sequence[str], results_dir: str,
+             corpus: corpus_lib.Corpus | None = None, source=None, generalization_dir: str | None = None,
+             batch_size: int = 32, seed: int = 42) -> tuple[dict, dict]:
+    """Test protocols of the models (name -> path; the first is the main one, the others, such
+    as the baseline, are reported beside it) on the corpus' test pool and/or a generalization
+    folder; writes ``results_dir``. Returns the results and the written paths."""
+    data_kwargs, data = {}, {}
+    if corpus is not None:
+        test_samples, data = evaluation.test_data(corpus)
+        data_kwargs = {"source": source, "test_samples": test_samples}
+    classifiers = [evaluation.load_classifier(path, name) for name, path in model_paths.items()]
+    results, passes = evaluation.evaluate_models(classifiers, protocols, generalization_dir=generalization_dir,
+                                                 batch_size=batch_size, seed=seed, **data_kwargs)
+    if data:
+        results["data"] = data
+    return results, reports.write_reports(results_dir, results, passes)
+
+
+def evaluate_raw(cfg: training.TrainConfig, corpus, source) -> dict:
+    """Raw test of the workdir's complete model, reported in ``results/`` (evaluate.py adds the
+    attacks, generalization and the baseline)."""
+    results, _ = evaluate({"complete": cfg.path("models", "complete.keras")}, ["raw"], cfg.path("results"),
+                          corpus, source, batch_size=cfg.batch_size, seed=cfg.seed)
+    return results
 
 
 def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = None, stage: str = "all",
           main_class: str | None = None, strategy: str = "auto", make_demo_corpus: bool = False,
           evaluate: bool = True) -> dict:
-    """Run ``stage`` (all, base, complete, baseline); returns what the summary prints."""
-    corpus, source = open_data(cfg, data_dir, make_demo_corpus)
-    dist = training.get_strategy(strategy)
+    """Run ``stage`` (all, base, complete, baseline); returns what the summary prints.
+
+    Under ``strategy="multi_worker"`` every worker runs this same call; only the chief writes
+    split.csv, results and exports (``training`` keeps the stages' files chief-only too).
+    """
+    dist = training.get_strategy(strategy)  # first: a multi-worker strategy must exist before TensorFlow starts
+    chief = training.is_chief(dist)
+    corpus, source = open_data(cfg, data_dir, make_demo_corpus, write_split=chief, data=data)
     print(f"corpus: {len(corpus.samples)} images ({len(corpus.skipped)} unreadable skipped), "
           f"{dist.num_replicas_in_sync} replica(s), workdir {cfg.workdir}")
     if stage in ("all", "base"):
@@ -59,9 +94,13 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
     if stage == "baseline":
         training.train_baseline(cfg, corpus, source, dist)
     outcome = {"workdir": cfg.workdir, "stages": training.stage_summaries(cfg.workdir)}
-    if evaluate and stage in ("all", "complete"):
-        results = evaluate_raw(cfg, corpus, source)
-        outcome["results"], outcome["results_path"] = results, write_results(cfg.workdir, results)
+    if evaluate and chief and stage in ("all", "complete"):
+        outcome["results"] = evaluate_raw(cfg, corpus, source)
+        outcome["results_path"] = cfg.path("results", reports.RESULTS_MD)
+    if stage == "all" and chief:
+        from dfx_keras import export
+
+        outcome["export_path"] = export.export_workdir(cfg.workdir, reuse=True)
     return outcome
 
 
@@ -78,4 +117,6 @@ def print_summary(outcome: dict, seconds: float) -> None:
               f"binary accuracy {raw['binary']['accuracy']:.4f} (n={raw['binary']['n']}), "
               f"AUC {raw['binary']['auc']:.4f}")
         print(f"results: {outcome['results_path']}")
+    if outcome.get("export_path"):
+        print(f"SavedModel for TF Serving: {outcome['export_path']}")
     print(f"done in {seconds / 60:.1f} min; workdir {workdir}")

@@ -124,9 +124,18 @@ def test_ensure_reuses_only_a_complete_matching_corpus(tmp_path):
 
 
 def test_refuses_a_folder_with_other_data(tmp_path):
-    (tmp_path / "real" / "CelebA").mkdir(parents=True)
-    with pytest.raises(ValueError, match="real/CelebA"):
+    (tmp_path / "real" / "MyCamera").mkdir(parents=True)
+    with pytest.raises(ValueError, match="real/MyCamera"):
         demo.generate_demo_corpus(str(tmp_path), 1)
+
+
+def test_never_touches_a_real_corpus_with_the_same_folder_names(tmp_path):
+    """The demo uses the corpus table's names; a real corpus (no marker) is still refused."""
+    (tmp_path / "real" / "CelebA").mkdir(parents=True)
+    (tmp_path / "real" / "CelebA" / "000001.png").write_bytes(b"user data")
+    with pytest.raises(ValueError, match="real/CelebA"):
+        demo.ensure_demo_corpus(str(tmp_path), 1)
+    assert (tmp_path / "real" / "CelebA" / "000001.png").read_bytes() == b"user data"
 
 
 def test_scan_corpus_reads_everything(demo_root):
@@ -148,8 +157,8 @@ def test_cli_generates_then_reuses(tmp_path):
     first = _cli(f"--out={out}", "--images_per_architecture=2", "--seed=3")
     assert first.returncode == 0, first.stderr
     assert out in first.stdout and "generated" in first.stdout and "18 images" in first.stdout
-    assert "real/Toy Camera-A: 2" in first.stdout
-    png = os.path.join(out, "gan_generated", "Toy StyleGAN", "00000.png")
+    assert "real/CelebA: 2" in first.stdout
+    png = os.path.join(out, "gan_generated", "StyleGAN", "00000.png")
     stamp = os.stat(png).st_mtime_ns
     second = _cli(f"--out={out}", "--images_per_architecture=2", "--seed=3")
     assert second.returncode == 0 and "reused" in second.stdout

@@ -41,7 +41,7 @@ from PIL import Image
 
 from dfx_keras.classes import CLASS_NAMES
 
-GENERATOR_VERSION = 1  # bump when the images change, so stale corpora are regenerated
+GENERATOR_VERSION = 2  # bump when the images change, so stale corpora are regenerated
 MARKER_FILE = ".demo_corpus.json"
 # (height, width): a mix of shapes, all multiples of 8 (the GAN renders at 1/8 or 1/4 and
 # upsamples), drawn independently of the class.
@@ -95,24 +95,26 @@ class DiffusionSpec:
     content_blur: float
 
 
+# Named after folders of the real corpus' table, so the tfds builder (which accepts only those)
+# prepares a demo corpus as it would the real one.
 ARCHITECTURES = {
     "dm_generated": (
-        DiffusionSpec("Toy Latent Diffusion", steps=6, start_noise=0.5, denoise_blur=1.0, residual_kept=0.3,
+        DiffusionSpec("Latent Diffusion", steps=6, start_noise=0.5, denoise_blur=1.0, residual_kept=0.3,
                       content_blur=0.6),
-        DiffusionSpec("Toy DALL-E MINI", steps=8, start_noise=0.6, denoise_blur=0.8, residual_kept=0.4,
+        DiffusionSpec("DALL-E MINI", steps=8, start_noise=0.6, denoise_blur=0.8, residual_kept=0.4,
                       content_blur=0.5),
-        DiffusionSpec("toy Glide-2", steps=5, start_noise=0.4, denoise_blur=1.2, residual_kept=0.25,
+        DiffusionSpec("Glide", steps=5, start_noise=0.4, denoise_blur=1.2, residual_kept=0.25,
                       content_blur=0.7),
     ),
     "gan_generated": (
-        GanSpec("Toy StyleGAN", kernel_size=4, kernel_seed=11, unevenness=(0.08, 0.3, 0.3), injected_noise=0.01),
-        GanSpec("Toy ProGAN-x4", kernel_size=3, kernel_seed=23, unevenness=(0.06, 0.3, 0.3), injected_noise=0.005),
-        GanSpec("toy Cycle-GAN", kernel_size=5, kernel_seed=37, unevenness=(0.1, 0.35, 0.5), injected_noise=0.008),
+        GanSpec("StyleGAN", kernel_size=4, kernel_seed=11, unevenness=(0.08, 0.3, 0.3), injected_noise=0.01),
+        GanSpec("ProGAN", kernel_size=3, kernel_seed=23, unevenness=(0.06, 0.3, 0.3), injected_noise=0.005),
+        GanSpec("CycleGAN", kernel_size=5, kernel_seed=37, unevenness=(0.1, 0.35, 0.5), injected_noise=0.008),
     ),
     "real": (
-        CameraSpec("Toy Camera-A", (0, 0), optical_blur=0.5, read_noise=0.028, shot_gain=0.01, sharpen=0.3),
-        CameraSpec("Toy Camera-B", (0, 1), optical_blur=0.6, read_noise=0.035, shot_gain=0.012, sharpen=0.5),
-        CameraSpec("toy Webcam-C", (1, 1), optical_blur=0.7, read_noise=0.042, shot_gain=0.008, sharpen=0.2),
+        CameraSpec("CelebA", (0, 0), optical_blur=0.5, read_noise=0.028, shot_gain=0.01, sharpen=0.3),
+        CameraSpec("FFHQ", (0, 1), optical_blur=0.6, read_noise=0.035, shot_gain=0.012, sharpen=0.5),
+        CameraSpec("Others", (1, 1), optical_blur=0.7, read_noise=0.042, shot_gain=0.008, sharpen=0.2),
     ),
 }
 
@@ -333,13 +335,18 @@ def _parameters(images_per_architecture: int, seed: int) -> dict:
 
 
 def _foreign_folders(out_dir: str) -> list[str]:
-    """Architecture folders in ``out_dir`` that the demo does not write (e.g. a real corpus)."""
+    """Folders in ``out_dir`` that the demo did not write, e.g. a real corpus.
+
+    The demo's folder names are the real corpus' own, so without our marker file every
+    existing architecture folder counts as foreign: the demo never empties a user's data.
+    """
+    ours = os.path.exists(os.path.join(out_dir, MARKER_FILE))
     found = []
     for class_name in CLASS_NAMES:
         class_dir = os.path.join(out_dir, class_name)
         if os.path.isdir(class_dir):
-            ours = {spec.name for spec in ARCHITECTURES[class_name]}
-            found += [f"{class_name}/{d}" for d in sorted(os.listdir(class_dir)) if d not in ours]
+            names = {spec.name for spec in ARCHITECTURES[class_name]} if ours else set()
+            found += [f"{class_name}/{d}" for d in sorted(os.listdir(class_dir)) if d not in names]
     return found
 
 
@@ -363,8 +370,9 @@ def generate_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER
         raise ValueError(f"{out_dir} already holds other data ({', '.join(foreign[:3])}"
                          f"{', ...' if len(foreign) > 3 else ''}); write the demo corpus to its own folder")
     marker = os.path.join(out_dir, MARKER_FILE)
-    if os.path.exists(marker):
-        os.remove(marker)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(marker, "w") as f:  # claims the folder; the parameters are written on completion
+        json.dump({"complete": False}, f)
     counts = {}
     for class_index, class_name in enumerate(CLASS_NAMES):
         for arch_index, spec in enumerate(ARCHITECTURES[class_name]):
