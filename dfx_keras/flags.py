@@ -11,6 +11,8 @@ from dfx_keras.classes import CLASS_NAMES
 
 STAGES = ("all", "base", "complete", "baseline")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+PROTOCOLS = ("raw", "robustness", "generalization")
+AUGMENT_KINDS = ("jpeg", "blur")  # the kinds of dfx_keras.data.attacks.random_augment
 
 
 def define_common_flags():
@@ -55,4 +57,28 @@ def define_train_flags():
     flags.DEFINE_bool("make_demo_corpus", False, "Generate the procedural demo corpus in --data_dir if it is not "
                       "there (no downloads).")
     flags.DEFINE_bool("evaluate", True, "After --stage=all, evaluate the complete model on the test pool.")
+    flags.DEFINE_list("augment", [], "Training augmentation with the test attacks, as the follow-up paper: any of "
+                      f"{','.join(AUGMENT_KINDS)} (e.g. --augment=jpeg,blur); empty: none, as the reference. "
+                      "Applies to the base, complete (end to end: the feature cache is bypassed) and baseline stages.")
+    flags.register_validator("augment", lambda kinds: set(kinds) <= set(AUGMENT_KINDS),
+                             f"--augment takes a comma-separated list of {', '.join(AUGMENT_KINDS)}")
+    flags.DEFINE_float("augment_p", 0.5, "Share of training images attacked when --augment is set (JPEG quality "
+                       "50-99 or Gaussian blur kernel 3-15, sigma 4).", lower_bound=0.0, upper_bound=1.0)
     flags.mark_flag_as_required("workdir")
+
+
+def define_evaluate_flags():
+    """Flags of evaluate.py; the data flags are the common ones (a workdir's own by default)."""
+    define_common_flags()
+    flags.DEFINE_string("model", None, "Evaluate this .keras model or SavedModel folder instead of the workdir's "
+                        "models/complete.keras.")
+    flags.DEFINE_list("protocols", None, f"Test protocols among {','.join(PROTOCOLS)}; default: every one that "
+                      "has data (generalization needs --generalization_dir).")
+    flags.register_validator("protocols", lambda names: names is None or (names and set(names) <= set(PROTOCOLS)),
+                             f"--protocols takes a comma-separated list of {', '.join(PROTOCOLS)}")
+    flags.DEFINE_string("generalization_dir", None, "Folder whose subfolders <set>/0_real/ and <set>/1_fake/ hold "
+                        "images of generators never seen in training; binary metrics per set and their mean.")
+    flags.DEFINE_bool("baseline", True, "Also evaluate the workdir's models/baseline.keras when it exists "
+                      "(train it with train.py --stage=baseline) and show it beside the complete model.")
+    flags.DEFINE_string("results_dir", None, "Where the results go; default <workdir>/results (with --model: "
+                        "<workdir>/results/<model name>).")

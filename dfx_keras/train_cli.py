@@ -46,7 +46,8 @@ def config_from_flags():
         batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
         weight_decay=FLAGS.weight_decay, lr_step_epochs=FLAGS.lr_step_epochs, lr_gamma=FLAGS.lr_gamma,
         others_fraction=FLAGS.others_fraction, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
-        feature_cache=FLAGS.feature_cache, cache_images=FLAGS.cache_images, overwrite=FLAGS.overwrite)
+        feature_cache=FLAGS.feature_cache, cache_images=FLAGS.cache_images, augment=tuple(FLAGS.augment),
+        augment_p=FLAGS.augment_p, overwrite=FLAGS.overwrite)
 
 
 def main(argv):

@@ -24,6 +24,7 @@ from absl import logging
 
 from dfx_keras import models
 from dfx_keras.classes import CLASS_NAMES, class_id
+from dfx_keras.data import attacks
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
 from dfx_keras.optimizers import AdamL2
@@ -48,6 +49,8 @@ class TrainConfig:
     seed: int = 42
     feature_cache: bool = True
     cache_images: bool = False
+    augment: Sequence[str] = ()  # attack kinds of data.attacks.random_augment ("jpeg", "blur"); empty: none
+    augment_p: float = 0.5
     overwrite: bool = False
     verbose: int | str = "auto"
     extra_callbacks: Sequence[keras.callbacks.Callback] = ()
@@ -198,6 +201,26 @@ def _skip(cfg: TrainConfig, model_path: str) -> bool:
     return False
 
 
+def augmentation(cfg: TrainConfig) -> Callable | None:
+    """The follow-up paper's training augmentation (``--augment``): a share ``augment_p`` of the
+    images attacked at their original resolution, as the test attacks are. Randomness is
+    stateful (``seed=None``): a different draw every epoch, not reproducible run to run."""
+    if not cfg.augment:
+        return None
+    kinds, p = tuple(cfg.augment), cfg.augment_p
+    return lambda image: attacks.random_augment(image, kinds, p)
+
+
+def training_dataset(cfg: TrainConfig, source, samples: Sequence[corpus_lib.Sample], image_size: int,
+                     targets: Sequence[int], weights: Sequence[float] | None = None) -> tf.data.Dataset:
+    """A stage's shuffled training batches, augmented when ``cfg.augment``; augmented images
+    are never cached (a cache would freeze the first epoch's random attacks)."""
+    transform = augmentation(cfg)
+    return pipelines.image_dataset(source, samples, image_size, cfg.batch_size, targets=targets, weights=weights,
+                                   shuffle_seed=cfg.seed, transform=transform,
+                                   cache=cfg.cache_images and transform is None)
+
+
 # --- stages ----------------------------------------------------------------------------------
 
 def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str):
@@ -210,10 +233,9 @@ def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_cl
     subset = corpus_lib.base_model_subset(corpus.pool(corpus_lib.BASE_POOL), main, cfg.others_fraction)
     train, val = corpus_lib.holdout_split(subset, cfg.val_fraction, salt=f"val-{models.base_model_name(main_class)}")
     check_sizes(models.base_model_name(main_class), train, val)
-    train_ds, val_ds = [
-        pipelines.image_dataset(source, part, cfg.image_size, cfg.batch_size, targets=[int(s.label == main) for s in part],
-                                shuffle_seed=seed, cache=cfg.cache_images)
-        for part, seed in ((train, cfg.seed), (val, None))]
+    train_ds = training_dataset(cfg, source, train, cfg.image_size, [int(s.label == main) for s in train])
+    val_ds = pipelines.image_dataset(source, val, cfg.image_size, cfg.batch_size,
+                                     targets=[int(s.label == main) for s in val], cache=cfg.cache_images)
     return train_ds, val_ds, train, val
 
 
@@ -262,7 +284,10 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
     logging.info("complete model: %d train / %d val images, class weights %s", len(train), len(val),
                  {CLASS_NAMES[c]: round(w, 3) for c, w in weights.items()})
     sample_weights = [weights[s.label] for s in train]
-    if cfg.feature_cache:
+    if cfg.feature_cache and cfg.augment:
+        logging.warning("--augment: the complete model trains end to end on augmented images; the feature cache "
+                        "(clean images only) is bypassed")
+    if cfg.feature_cache and not cfg.augment:
         cache = FeatureCache(cfg.workdir, complete, source, image_size, cfg.batch_size, strategy)
         train_ds = cache.dataset(train, cfg.batch_size, weights=sample_weights, shuffle_seed=cfg.seed)
         val_ds = cache.dataset(val, cfg.batch_size)
@@ -271,8 +296,7 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         with strategy.scope():
             complete = models.build_complete_model(*load_base_models(cfg.workdir), head=head)
     else:
-        train_ds = pipelines.image_dataset(source, train, image_size, cfg.batch_size, targets=[s.label for s in train],
-                                           weights=sample_weights, shuffle_seed=cfg.seed, cache=cfg.cache_images)
+        train_ds = training_dataset(cfg, source, train, image_size, [s.label for s in train], sample_weights)
         val_ds = pipelines.image_dataset(source, val, image_size, cfg.batch_size, targets=[s.label for s in val])
         complete, summary = fit("complete", lambda: models.build_complete_model(*load_base_models(cfg.workdir)),
                                 train_ds, val_ds, cfg, strategy)
@@ -287,9 +311,8 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
     if _skip(cfg, model_path):
         return None
     train, val, weights = complete_split(corpus, cfg.val_fraction)
-    train_ds = pipelines.image_dataset(source, train, cfg.image_size, cfg.batch_size, targets=[s.label for s in train],
-                                       weights=[weights[s.label] for s in train], shuffle_seed=cfg.seed,
-                                       cache=cfg.cache_images)
+    train_ds = training_dataset(cfg, source, train, cfg.image_size, [s.label for s in train],
+                                [weights[s.label] for s in train])
     val_ds = pipelines.image_dataset(source, val, cfg.image_size, cfg.batch_size, targets=[s.label for s in val])
     model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights),
                          train_ds, val_ds, cfg, strategy)
