@@ -130,7 +130,7 @@ def test_generalization_sets_read_nested_images_with_binary_labels(tmp_path):
     assert sets["glide"][-1].path.startswith("glide/1_fake/nested/")
 
 
-def test_unreadable_images_are_skipped_and_counted(workdir, tmp_path):
+def test_unreadable_images_are_skipped_and_counted(workdir, tmp_path, capsys):
     work, _ = workdir
     data = make_corpus(tmp_path / "corpus", per_folder=4)
     corpus = corpus_lib.scan_corpus(data, check=False)
@@ -140,6 +140,8 @@ def test_unreadable_images_are_skipped_and_counted(workdir, tmp_path):
     classifier = evaluation.load_classifier(os.path.join(work, "models", "complete.keras"), "complete")
     predictions = evaluation.predict(classifier, pipelines.FolderSource(data), corpus.samples, batch_size=5)
     assert predictions.skipped == [broken.path]
+    # Keras' Progbar prints nothing off a terminal unless its target is reached: closed by hand.
+    assert f"{len(corpus.samples) - 1}/{len(corpus.samples)}" in capsys.readouterr().out
     assert len(predictions.samples) == len(predictions.probabilities) == len(corpus.samples) - 1
     block, _ = evaluation.evaluate_pass(classifier, pipelines.FolderSource(data), corpus.samples, 5, seed=0)
     assert block["skipped"] == 1 and block["skipped_images"] == [broken.path]
