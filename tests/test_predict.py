@@ -1,0 +1,131 @@
+"""Predicting on a user's own files with only the exported SavedModel."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import dfx_keras
+from dfx_keras import export, predict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(path, array, fmt=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path, fmt)
+    return str(path)
+
+
+def random_image(height, width, seed):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def export_root(tmp_path_factory):
+    bms = [dfx_keras.build_base_model("tiny", 32, None, name=n) for n in ("bm_dm", "bm_gan", "bm_real")]
+    root = str(tmp_path_factory.mktemp("export"))
+    export.export_saved_model(dfx_keras.build_complete_model(*bms), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def predictor(export_root):
+    return predict.Predictor(os.path.join(export_root, "dfx"))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Images of four formats in nested folders, plus a text file, garbage and a PNG bomb."""
+    root = tmp_path / "photos"
+    write(root / "a.png", random_image(40, 50, 0))
+    write(root / "B.JPG", random_image(300, 200, 1), "JPEG")
+    write(root / "sub" / "c.gif", random_image(20, 20, 2))
+    write(root / "sub" / "deeper" / "d.webp", random_image(64, 48, 3))
+    (root / "notes.txt").write_text("not an image")
+    (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    png = bytearray((root / "a.png").read_bytes())
+    png[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR declares 30000x30000
+    (root / "sub" / "bomb.png").write_bytes(bytes(png))
+    return root
+
+
+def test_resolve_model_takes_the_newest_version(export_root, tmp_path):
+    assert predict.resolve_model(os.path.join(export_root, "dfx")) == os.path.join(export_root, "dfx", "1")
+    assert predict.resolve_model(os.path.join(export_root, "dfx", "1")) == os.path.join(export_root, "dfx", "1")
+    with pytest.raises(FileNotFoundError, match="no SavedModel"):
+        predict.resolve_model(str(tmp_path))
+
+
+def test_list_images_walks_folders_by_extension_and_keeps_explicit_files(folder):
+    files = predict.list_images([str(folder), str(folder / "notes.txt")])
+    names = [os.path.relpath(f, folder) for f in files]
+    assert names == ["B.JPG", "a.png", "sub/bomb.png", "sub/broken.png", "sub/c.gif", "sub/deeper/d.webp",
+                     "notes.txt"]
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        predict.list_images([str(folder / "missing.png")])
+
+
+def test_bad_files_get_their_own_error_and_the_rest_is_answered(predictor, folder):
+    files = predict.list_images([str(folder), str(folder / "notes.txt")]) + [str(folder / "gone.png")]
+    seen = []
+    results = predict.predict_files(predictor, files, batch_size=3, progress=lambda done, total: seen.append(done))
+    assert [r.file for r in results] == files and seen == [3, 6, 8]
+    by_name = {os.path.basename(r.file): r for r in results}
+    bomb = by_name["bomb.png"].error
+    assert "30000x30000 PNG image" in bomb and "refused before decoding" in bomb
+    assert by_name["notes.txt"].error == "not a JPEG, PNG, GIF, BMP or WebP image (12 bytes)"
+    assert by_name["broken.png"].error and by_name["gone.png"].error.startswith("cannot read")
+    good = [r for r in results if not r.error]
+    assert {os.path.basename(r.file) for r in good} == {"a.png", "B.JPG", "c.gif", "d.webp"}
+    signature = tf.saved_model.load(predictor.path).signatures["serving_default"]
+    for r in good:
+        out = signature(image_bytes=tf.constant([open(r.file, "rb").read()]))
+        np.testing.assert_allclose(r.probabilities, out["probabilities"].numpy()[0], atol=1e-6)
+        assert r.class_name == out["class_name"].numpy()[0].decode()
+        assert r.fake_score == pytest.approx(1 - r.probabilities[2], abs=1e-6)
+
+
+def test_reason_keeps_the_informative_line():
+    asserted = ("Graph execution error:\n\nDetected at node map/while/Assert/Assert defined at (most recent call "
+                "last):\n<stack traces unavailable>\nassertion failed: [image_bytes[3] is not a JPEG, PNG, GIF, BMP "
+                "or WebP image (7 bytes)]\n\t [[{{node map/while/Assert/Assert}}]] [Op:__inference_serve_1]")
+    assert predict.reason(asserted) == "not a JPEG, PNG, GIF, BMP or WebP image (7 bytes)"
+    decoder = ("Graph execution error:\n\nDetected at node map/while/DecodeImage defined at (most recent call last):"
+               "\n<stack traces unavailable>\nInvalid PNG. Failed to initialize decoder.\n\t [[{{node x}}]] [Op:y]")
+    assert predict.reason(decoder) == "Invalid PNG. Failed to initialize decoder."
+
+
+def test_table_and_csv(tmp_path):
+    rows = [predict.Prediction("x.png", "real", (0.1, 0.2, 0.7), 0.3), predict.Prediction("y.txt", error="bad")]
+    table = predict.format_table(rows).splitlines()
+    assert table[0].split() == ["file", "class", *dfx_keras.CLASS_NAMES, "fake_score"]
+    assert table[1].split() == ["x.png", "real", "0.1000", "0.2000", "0.7000", "0.3000"]
+    assert table[2].split() == ["y.txt", "error:", "bad"]
+    predict.write_csv(str(tmp_path / "p.csv"), rows)
+    with open(tmp_path / "p.csv") as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == list(predict.CSV_COLUMNS)
+    assert lines[1] == ["x.png", "real", "0.100000", "0.200000", "0.700000", "0.300000", ""]
+    assert lines[2] == ["y.txt", "", "", "", "", "", "bad"]
+    assert predict.summary(rows) == "2 file(s): 0 dm_generated, 0 gan_generated, 1 real; 1 failed"
+
+
+def test_cli_on_a_folder_prints_a_table_and_writes_csv(export_root, folder, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out_csv = tmp_path / "out.csv"
+    result = subprocess.run([sys.executable, "-m", "dfx_keras.predict", f"--model={export_root}/dfx", str(folder),
+                             f"--csv={out_csv}"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]  # some files failed
+    assert "6 file(s):" in result.stdout and "; 2 failed" in result.stdout
+    assert "error: a 30000x30000 PNG image" in result.stdout
+    assert "6/6 images" in result.stderr  # the progress bar
+    with open(out_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and sum(bool(r["error"]) for r in rows) == 2
+    assert all(r["class"] in dfx_keras.CLASS_NAMES for r in rows if not r["error"])
