@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES, REAL
+from dfx_keras.classes import CLASS_NAMES, DM, GAN, NUM_CLASSES, REAL
 from dfx_keras.data import corpus as corpus_lib
 
 BASELINE = "baseline"  # the comparison model's name and its key in results.json
@@ -124,26 +124,24 @@ def three_class_metrics(labels: Sequence[int], probabilities: np.ndarray) -> dic
     return classification_metrics(labels, np.argmax(probabilities, axis=1), CLASS_NAMES)
 
 
-def balanced_indices(labels: Sequence[int], seed: int, binary: bool) -> np.ndarray:
-    """The reference's balanced test sets, as sorted indices into ``labels``.
+def balanced_indices(samples: Sequence[corpus_lib.Sample], seed: int, binary: bool) -> np.ndarray:
+    """The reference's balanced test sets, as sorted indices into ``samples``.
 
     3-class: min-class-count images per class. Binary: as many fakes (DM and GAN pooled) as
-    real images, or all fakes and as many real images when fakes are fewer. Drawn with ``seed``,
-    so the same images are drawn for every attack of one test pool.
+    real images, or all fakes and as many real images when fakes are fewer. Chosen by a seeded
+    hash of each path (``corpus.balanced_sample``), so the choice does not depend on the order
+    images were read in (folder or tfds) and is the same for every attack of one test pool.
     """
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    groups = [np.nonzero(labels != REAL)[0], np.nonzero(labels == REAL)[0]] if binary else \
-        [np.nonzero(labels == c)[0] for c in range(NUM_CLASSES)]
-    n = min(len(g) for g in groups)
-    return np.sort(np.concatenate([rng.choice(g, n, replace=False) for g in groups])).astype(np.int64)
+    groups = ((DM, GAN), (REAL,)) if binary else ((DM,), (GAN,), (REAL,))
+    chosen = {s.path for s in corpus_lib.balanced_sample(samples, None, seed, groups)}
+    return np.array([i for i, s in enumerate(samples) if s.path in chosen], np.int64)
 
 
-def protocol_blocks(labels: Sequence[int], probabilities: np.ndarray, seed: int) -> dict:
+def protocol_blocks(samples: Sequence[corpus_lib.Sample], probabilities: np.ndarray, seed: int) -> dict:
     """One test pass: ``three_class`` and ``binary`` on the balanced sets (the reference's
     protocol), ``three_class_full`` and ``binary_full`` on every image read."""
-    labels = np.asarray(labels)
-    tri, bi = balanced_indices(labels, seed, binary=False), balanced_indices(labels, seed, binary=True)
+    labels = np.array([s.label for s in samples], np.int64)
+    tri, bi = balanced_indices(samples, seed, binary=False), balanced_indices(samples, seed, binary=True)
     return {
         "three_class": three_class_metrics(labels[tri], probabilities[tri]),
         "binary": binary_metrics(labels[bi], probabilities[bi]),
@@ -341,7 +339,7 @@ def evaluate_pass(classifier: Classifier, source, samples: Sequence[corpus_lib.S
     the measure the reference's robustness and generalization numbers use.
     """
     predictions = predict(classifier, source, samples, batch_size, transform, description)
-    blocks = protocol_blocks(predictions.labels, predictions.probabilities, seed)
+    blocks = protocol_blocks(predictions.samples, predictions.probabilities, seed)
     return {**summary(blocks["binary"]), **blocks, **skipped_block(predictions)}, predictions
 
 

@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import make_corpus, write_image
+from test_tfds_training import prepared  # noqa: F401  (fixture: a demo corpus and its tfds build)
 from dfx_keras import evaluation, models, reports, training
 from dfx_keras.classes import REAL
 from dfx_keras.data import attacks, corpus as corpus_lib, pipelines
@@ -94,6 +95,20 @@ def test_evaluate_cli_writes_every_output_with_the_baseline_beside(workdir, tmp_
     if os.path.exists(CHECKER):
         check = subprocess.run([sys.executable, CHECKER, work], capture_output=True, text=True)
         assert "robustness keys" in check.stdout and "FAILED  results.json" not in check.stdout, check.stdout
+
+
+@pytest.mark.slow
+def test_tfds_data_gives_the_folder_results(prepared, workdir, tmp_path):  # noqa: F811
+    corpus_dir, spec = prepared
+    work, _ = workdir
+    results = {}
+    for name, data in (("folder", f"--data_dir={corpus_dir}"), ("tfds", f"--data={spec}")):
+        result = _evaluate_cli(f"--workdir={work}", data, "--nobaseline", f"--results_dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[name] = json.load(open(tmp_path / name / "results.json"))
+    assert results["tfds"]["data"]["source"] == spec
+    for key in ("raw", "robustness", "per_architecture"):  # same images, same balanced sets: same numbers
+        assert results["tfds"][key] == results["folder"][key]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -93,14 +93,19 @@ def test_binary_auc_and_ap_use_one_minus_p_real_with_fake_positive():
     assert block["ap"] == pytest.approx(1 / 2 * 1 + 1 / 2 * 2 / 3)
 
 
-def test_balanced_sets_take_the_smallest_class_count_and_are_seeded():
-    labels = np.array([DM] * 5 + [GAN] * 3 + [REAL] * 4)
-    three = evaluation.balanced_indices(labels, seed=1, binary=False)
-    assert np.bincount(labels[three], minlength=3).tolist() == [3, 3, 3]
-    binary = evaluation.balanced_indices(labels, seed=1, binary=True)
-    assert (labels[binary] == REAL).sum() == 4 and (labels[binary] != REAL).sum() == 4
-    assert np.array_equal(binary, evaluation.balanced_indices(labels, seed=1, binary=True))
-    blocks = evaluation.protocol_blocks(labels, one_hot(labels), seed=1)
+def test_balanced_sets_take_the_smallest_class_count_whatever_the_read_order():
+    labels = [DM] * 5 + [GAN] * 3 + [REAL] * 4
+    samples = [Sample(f"{label}/{i}.png", label, "a") for i, label in enumerate(labels)]
+    three = evaluation.balanced_indices(samples, seed=1, binary=False)
+    assert np.bincount([samples[i].label for i in three], minlength=3).tolist() == [3, 3, 3]
+    binary = evaluation.balanced_indices(samples, seed=1, binary=True)
+    assert sorted(samples[i].label == REAL for i in binary) == [False] * 4 + [True] * 4
+    shuffled = samples[::-1]  # another source may read the same images in another order
+    assert {shuffled[i].path for i in evaluation.balanced_indices(shuffled, seed=1, binary=True)} == \
+        {samples[i].path for i in binary}
+    assert {samples[i].path for i in evaluation.balanced_indices(samples, seed=2, binary=True)} != \
+        {samples[i].path for i in binary}
+    blocks = evaluation.protocol_blocks(samples, one_hot(labels), seed=1)
     assert blocks["three_class"]["n"] == 9 and blocks["binary"]["n"] == 8
     assert blocks["three_class_full"]["n"] == blocks["binary_full"]["n"] == 12
 
