@@ -1,6 +1,6 @@
 """Evaluate DeepFeatureX Net: ``python evaluate.py --workdir=W`` (see --helpfull)."""
 
-from dfx_keras.evaluate_cli import entry_point
+from dfx_keras.cli import evaluate
 
 if __name__ == "__main__":
-    entry_point()
+    evaluate()

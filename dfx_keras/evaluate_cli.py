@@ -7,17 +7,13 @@ generators. Writes results.json, results.md, predictions.csv and PNG plots. Ever
 value is checked before a model is loaded.
 """
 
-from dfx_keras.quiet import quiet_tensorflow
+import os
+import sys
+import time
 
-quiet_tensorflow()
+from absl import app, flags, logging
 
-import os  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from absl import app, flags, logging  # noqa: E402
-
-from dfx_keras import flags as dfx_flags  # noqa: E402
+from dfx_keras import flags as dfx_flags
 
 dfx_flags.define_evaluate_flags()
 FLAGS = flags.FLAGS

@@ -431,4 +431,4 @@ def entry_point():
 
 
 if __name__ == "__main__":
-    entry_point()
+    entry_point()  # already quiet: see the top of this file

@@ -202,9 +202,6 @@ def main(argv):
 
 
 def entry_point():
-    from dfx_keras.quiet import quiet_tensorflow
-
-    quiet_tensorflow()
     from absl import app
 
     _define_flags()
@@ -212,4 +209,6 @@ def entry_point():
 
 
 if __name__ == "__main__":
-    entry_point()
+    from dfx_keras.cli import predict
+
+    predict()
