@@ -11,6 +11,7 @@ from dfx_keras.classes import CLASS_NAMES
 
 STAGES = ("all", "base", "complete", "baseline")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 PROTOCOLS = ("raw", "robustness", "generalization")
 AUGMENT_KINDS = ("jpeg", "blur")  # the kinds of dfx_keras.data.attacks.random_augment
 
@@ -21,7 +22,8 @@ def define_common_flags():
     flags.DEFINE_string("data_dir", None, "Corpus root: <data_dir>/{dm_generated,gan_generated,real}/<architecture>/<image>.")
     flags.DEFINE_string("data", None, "Alternative data source: 'tfds:dfx_corpus/<config>' reads a prepared tfds "
                         "dataset instead of --data_dir (optionally 'tfds:NAME/CONFIG@TFDS_DATA_DIR').")
-    flags.DEFINE_integer("batch_size", 32, "Global batch size (split across replicas).", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas (per replica: "
+                         "batch_size / replicas).", lower_bound=1)
     flags.DEFINE_integer("seed", 42, "Seed for initialisation, shuffling and balanced test sampling.")
     flags.DEFINE_enum("strategy", "auto", STRATEGIES, "Distribution strategy: auto uses MirroredStrategy when "
                       "more than one GPU is visible; multi_worker reads TF_CONFIG.")
@@ -64,6 +66,15 @@ def define_train_flags():
                              f"--augment takes a comma-separated list of {', '.join(AUGMENT_KINDS)}")
     flags.DEFINE_float("augment_p", 0.5, "Share of training images attacked when --augment is set (JPEG quality "
                        "50-99 or Gaussian blur kernel 3-15, sigma 4).", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy of the trained models: float32 "
+                      "(the reference), mixed_float16 (NVIDIA GPUs, with loss scaling) or mixed_bfloat16 (TPUs, "
+                      "recent GPUs and CPUs). Logits and loss stay float32. See docs/scaling.md.")
+    flags.DEFINE_bool("jit_compile", None, "XLA-compile the training and validation steps. Unset: Keras' choice "
+                      "(on for one GPU, off on CPUs); --jit_compile forces it on, --nojit_compile off. Always off "
+                      "on several replicas (Keras 3 cannot XLA-compile under tf.distribute).")
+    flags.DEFINE_bool("sync_batchnorm", True, "With several replicas, BatchNorm uses the statistics of the global "
+                      "batch, so results do not depend on the number of GPUs; --nosync_batchnorm uses each "
+                      "replica's slice (less communication; keep >= 16 images per replica).")
     flags.mark_flag_as_required("workdir")
 
 

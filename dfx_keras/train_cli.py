@@ -33,9 +33,10 @@ def _check_flags() -> None:
 def write_flags(path: str) -> None:
     """The resolved flags of this run, reusable as a flagfile."""
     module_flags = FLAGS.get_flags_for_module(dfx_flags.__name__)
-    with open(path + ".tmp", "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"  # the workers of a multi-worker run all write the same file
+    with open(tmp, "w") as f:
         f.write("\n".join(flag.serialize() for flag in module_flags if flag.value is not None) + "\n")
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 def config_from_flags():
@@ -47,7 +48,9 @@ def config_from_flags():
         weight_decay=FLAGS.weight_decay, lr_step_epochs=FLAGS.lr_step_epochs, lr_gamma=FLAGS.lr_gamma,
         others_fraction=FLAGS.others_fraction, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
         feature_cache=FLAGS.feature_cache, cache_images=FLAGS.cache_images, augment=tuple(FLAGS.augment),
-        augment_p=FLAGS.augment_p, overwrite=FLAGS.overwrite)
+        augment_p=FLAGS.augment_p, precision=FLAGS.precision,
+        jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
+        sync_batchnorm=FLAGS.sync_batchnorm, overwrite=FLAGS.overwrite)
 
 
 def main(argv):

@@ -8,6 +8,7 @@ skipped unless ``overwrite``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -15,7 +16,8 @@ import json
 import os
 import shutil
 import sys
-from typing import Callable, Sequence
+import tempfile
+from typing import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -51,6 +53,9 @@ class TrainConfig:
     cache_images: bool = False
     augment: Sequence[str] = ()  # attack kinds of data.attacks.random_augment ("jpeg", "blur"); empty: none
     augment_p: float = 0.5
+    precision: str = "float32"  # a Keras dtype policy: float32, mixed_bfloat16 or mixed_float16
+    jit_compile: bool | str = "auto"  # XLA; "auto" is Keras' choice (one GPU without tf.distribute only)
+    sync_batchnorm: bool = True
     overwrite: bool = False
     verbose: int | str = "auto"
     extra_callbacks: Sequence[keras.callbacks.Callback] = ()
@@ -63,7 +68,11 @@ def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """``auto``: MirroredStrategy over all GPUs when there are several, else the default.
 
     ``mirrored`` without GPUs mirrors over the logical CPU devices (how the tests run it).
+    ``multi_worker`` reads the cluster from ``TF_CONFIG``; it is created before anything
+    lists devices, because collective ops must be configured before TensorFlow's runtime starts.
     """
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -72,16 +81,21 @@ def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices)
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}")
 
 
-def prepare_corpus(data_dir: str, workdir: str) -> corpus_lib.Corpus:
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the workdir: always, except on non-chief workers of a
+    multi-worker run (TF_CONFIG's ``chief``, or ``worker`` 0 when there is no chief)."""
+    return strategy.extended.should_checkpoint
+
+
+def prepare_corpus(data_dir: str, workdir: str, write_split: bool = True) -> corpus_lib.Corpus:
     """Scan and check the corpus, and write ``split.csv`` (the reference's guidance.csv)."""
     corpus = corpus_lib.scan_corpus(data_dir)
-    os.makedirs(workdir, exist_ok=True)
-    corpus_lib.write_split_csv(corpus.samples, os.path.join(workdir, "split.csv"))
+    if write_split:
+        os.makedirs(workdir, exist_ok=True)
+        corpus_lib.write_split_csv(corpus.samples, os.path.join(workdir, "split.csv"))
     return corpus
 
 
@@ -109,14 +123,89 @@ def _lr_schedule(cfg: TrainConfig) -> Callable[[int, float], float]:
     return lambda epoch, lr: cfg.learning_rate * cfg.lr_gamma ** (epoch // cfg.lr_step_epochs)
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
-    """Adam with coupled L2, cross-entropy on logits, accuracy."""
+def jit_compile(cfg: TrainConfig, replicas: int) -> bool | str:
+    """``cfg.jit_compile``, except on several replicas: Keras 3 cannot XLA-compile a step under
+    tf.distribute (keras-team/keras#19005: replica variables on other devices), so it is off there."""
+    if replicas > 1 and cfg.jit_compile is True:
+        logging.warning("--jit_compile ignored on %d replicas: Keras 3 does not support XLA under tf.distribute",
+                        replicas)
+        return False
+    return cfg.jit_compile
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig, replicas: int = 1) -> keras.Model:
+    """Adam with coupled L2, cross-entropy on logits, accuracy; XLA per ``jit_compile``.
+
+    Under ``mixed_float16`` Keras wraps the optimizer in a ``LossScaleOptimizer`` itself.
+    """
     model.compile(
         optimizer=AdamL2(l2=cfg.weight_decay, learning_rate=cfg.learning_rate, beta_1=0.9, beta_2=0.999),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile(cfg, replicas),
     )
     return model
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build models under a Keras dtype policy (``mixed_bfloat16``...), then restore the old one.
+
+    Layers take the global policy when they are created, so only building needs it; the
+    models' logits layers are float32, so the softmax and the loss stay float32.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def nested_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    """Every layer inside ``layer``, at any depth (backbones are models inside models)."""
+    for sub in getattr(layer, "layers", ()):
+        yield sub
+        yield from nested_layers(sub)
+
+
+@contextlib.contextmanager
+def synchronized_batchnorm(model: keras.Model, enabled: bool) -> Iterator[None]:
+    """Let BatchNorm use the statistics of the global batch, not of each replica's slice.
+
+    Without it, training on R replicas normalises over batch/R images and the loss curve
+    depends on the number of GPUs. Set only while fitting, so saved models stay portable.
+    """
+    layers = [layer for layer in nested_layers(model) if enabled and isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.synchronized = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.synchronized = False
+
+
+def whole_replica_batches(ds: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Cut each batch to a multiple of the replica count, so every replica gets an equal slice.
+
+    Uneven slices break two things: Keras 3 builds a distributed model from the first batch
+    by averaging its slices, which fails when they differ in size (keras-team/keras#19246,
+    a dataset smaller than one global batch), and oneDNN's CPU convolution fails on the empty
+    slice a final batch smaller than the replica count leaves. Only a dataset's last batch
+    can be cut: at most ``replicas - 1`` images per epoch are skipped (training: different
+    ones each epoch, as the order is reshuffled). One replica: unchanged.
+    """
+    if replicas == 1:
+        return ds
+
+    def size(batch):
+        return tf.shape(tf.nest.flatten(batch)[0])[0]
+
+    def trim(*batch):
+        return tf.nest.map_structure(lambda t: t[: size(batch) - size(batch) % replicas], batch)
+
+    return ds.map(trim).filter(lambda *batch: size(batch) > 0)
 
 
 def check_sizes(name: str, train: Sequence, val: Sequence) -> None:
@@ -126,40 +215,73 @@ def check_sizes(name: str, train: Sequence, val: Sequence) -> None:
                          f"small for this stage (add images or raise --val_fraction)")
 
 
+@contextlib.contextmanager
+def _stage_files(cfg: TrainConfig, name: str, chief: bool, resuming: bool) -> Iterator[tuple[str, str, str]]:
+    """This worker's backup folder, best checkpoint and CSV log of a stage.
+
+    The chief uses the workdir's. The other workers of a multi-worker run must run the same
+    callbacks in step with the chief (saving reads distributed variables) without racing it
+    for the same files: they work on a scratch copy of the chief's files, so a resumed run
+    starts at the same epoch everywhere, and the copy is deleted when the stage ends.
+    """
+    paths = (cfg.path("backup", name), cfg.path("checkpoints", f"{name}.best.weights.h5"),
+             cfg.path("logs", f"{name}.csv"))
+    if chief:
+        yield paths
+        return
+    scratch = tempfile.mkdtemp(prefix=f"dfx-{name}-")
+    try:
+        copies = tuple(os.path.join(scratch, os.path.basename(p)) for p in paths)
+        for src, dst in zip(paths, copies):
+            if resuming and os.path.isdir(src):
+                shutil.copytree(src, dst)
+            elif resuming and os.path.exists(src):
+                shutil.copy(src, dst)
+        yield copies
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, val_ds: tf.data.Dataset,
         cfg: TrainConfig, strategy: tf.distribute.Strategy) -> tuple[keras.Model, dict]:
     """Train ``build()`` for ``cfg.epochs`` with resume, logs and best-val-loss selection.
 
-    Returns the model holding its best weights and a summary of the best epoch.
+    ``build`` runs inside ``strategy.scope()`` under ``cfg.precision``; the datasets hold
+    global batches, which the strategy splits across replicas. Only the chief writes the
+    workdir (TensorBoard logs from the chief only). Returns the model holding its best
+    weights and a summary of the best epoch.
     """
-    for sub in ("backup", "logs", "checkpoints"):
-        os.makedirs(cfg.path(sub), exist_ok=True)
-    csv_path = cfg.path("logs", f"{name}.csv")
-    best_path = cfg.path("checkpoints", f"{name}.best.weights.h5")
+    chief, replicas = is_chief(strategy), strategy.num_replicas_in_sync
     resuming = os.path.isdir(cfg.path("backup", name))
-    if not resuming:
-        _clear_stage_state(cfg, name)
+    if chief:
+        for sub in ("backup", "logs", "checkpoints"):
+            os.makedirs(cfg.path(sub), exist_ok=True)
+        if not resuming:
+            _clear_stage_state(cfg, name)
     keras.utils.set_random_seed(cfg.seed)
-    with strategy.scope():
-        model = compile_model(build(), cfg)
-    checkpoint = keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True,
-                                                 save_weights_only=True)
-    checkpoint.best = _best_val_loss(csv_path)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(cfg.path("backup", name), delete_checkpoint=False),
-        checkpoint,
-        keras.callbacks.CSVLogger(csv_path, append=True),
-        keras.callbacks.TensorBoard(cfg.path("logs", name), write_graph=False),
-        *cfg.extra_callbacks,
-    ]
-    if cfg.lr_step_epochs:
-        callbacks.append(keras.callbacks.LearningRateScheduler(_lr_schedule(cfg)))
-    logging.info("training %s for %d epochs%s", name, cfg.epochs, " (resuming)" if resuming else "")
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-              verbose=cfg.verbose if cfg.verbose != "auto" else (1 if sys.stdout.isatty() else 2))
-    model.load_weights(best_path)
-    shutil.rmtree(cfg.path("backup", name), ignore_errors=True)
-    return model, _best_epoch_summary(csv_path)
+    with strategy.scope(), dtype_policy(cfg.precision):
+        model = compile_model(build(), cfg, replicas)
+    with _stage_files(cfg, name, chief, resuming) as (backup, best_path, csv_path), \
+            synchronized_batchnorm(model, cfg.sync_batchnorm and replicas > 1):
+        checkpoint = keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True,
+                                                     save_weights_only=True)
+        checkpoint.best = _best_val_loss(csv_path)
+        callbacks = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False), checkpoint,
+                     keras.callbacks.CSVLogger(csv_path, append=True), *cfg.extra_callbacks]
+        if chief:
+            callbacks.append(keras.callbacks.TensorBoard(cfg.path("logs", name), write_graph=False))
+        if cfg.lr_step_epochs:
+            callbacks.append(keras.callbacks.LearningRateScheduler(_lr_schedule(cfg)))
+        logging.info("training %s for %d epochs on %d replica(s)%s", name, cfg.epochs, replicas,
+                     " (resuming)" if resuming else "")
+        model.fit(whole_replica_batches(train_ds, replicas), epochs=cfg.epochs, callbacks=callbacks,
+                  validation_data=whole_replica_batches(val_ds, replicas),
+                  verbose=cfg.verbose if cfg.verbose != "auto" else (1 if sys.stdout.isatty() else 2))
+        model.load_weights(best_path)
+        summary = _best_epoch_summary(csv_path)
+    if chief:
+        shutil.rmtree(backup, ignore_errors=True)
+    return model, summary
 
 
 def _best_epoch_summary(csv_path: str) -> dict:
@@ -170,16 +292,26 @@ def _best_epoch_summary(csv_path: str) -> dict:
             "val_accuracy": float(best["val_accuracy"]), "train_accuracy": float(best["accuracy"])}
 
 
-def save_model(model: keras.Model, path: str) -> None:
-    """Save a ``.keras`` file atomically: a crash never leaves a half-written model behind."""
+def save_model(model: keras.Model, path: str, chief: bool = True) -> None:
+    """Save a ``.keras`` file atomically: a crash never leaves a half-written model behind.
+
+    Non-chief workers of a multi-worker run save in step with the chief too (saving reads
+    distributed variables), into a scratch folder that is deleted at once.
+    """
+    if not chief:
+        with tempfile.TemporaryDirectory(prefix="dfx-model-") as scratch:
+            model.save(os.path.join(scratch, os.path.basename(path)))
+        return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path[: -len(".keras")] + ".tmp.keras"
     model.save(tmp)
     os.replace(tmp, path)
 
 
-def _record(cfg: TrainConfig, name: str, summary: dict) -> dict:
-    """Keep a stage's summary in logs/stages.json (read by the closing table)."""
+def _record(cfg: TrainConfig, name: str, summary: dict, chief: bool = True) -> dict:
+    """Keep a stage's summary in logs/stages.json (read by the closing table); chief only."""
+    if not chief:
+        return summary
     path = cfg.path("logs", "stages.json")
     stages = json.load(open(path)) if os.path.exists(path) else {}
     stages[name] = summary
@@ -223,12 +355,23 @@ def training_dataset(cfg: TrainConfig, source, samples: Sequence[corpus_lib.Samp
 
 # --- stages ----------------------------------------------------------------------------------
 
+def seed_stage(cfg: TrainConfig) -> None:
+    """Reset every random generator to ``cfg.seed`` before a stage builds its datasets.
+
+    A seeded tf.data shuffle also depends on TensorFlow's global seed; without the reset a
+    stage's image order, and so its result, would depend on which stages ran before it in the
+    same process (``--stage=all`` against ``--stage=base``).
+    """
+    keras.utils.set_random_seed(cfg.seed)
+
+
 def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str):
     """Train and validation datasets of one base model, and the subset they were drawn from.
 
     Main class vs an ``others_fraction`` sample of every other architecture folder, from
     pool 0; targets are 1 for the main class, 0 for the rest.
     """
+    seed_stage(cfg)
     main = class_id(main_class)
     subset = corpus_lib.base_model_subset(corpus.pool(corpus_lib.BASE_POOL), main, cfg.others_fraction)
     train, val = corpus_lib.holdout_split(subset, cfg.val_fraction, salt=f"val-{models.base_model_name(main_class)}")
@@ -251,8 +394,9 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
     logging.info("%s: %d train / %d val images, %.1f%% others", name, len(train), len(val), 100 * others)
     model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name),
                          train_ds, val_ds, cfg, strategy)
-    save_model(model, model_path)
-    return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val), "others_share": others})
+    save_model(model, model_path, is_chief(strategy))
+    return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val), "others_share": others},
+                   is_chief(strategy))
 
 
 def complete_split(corpus: corpus_lib.Corpus, val_fraction: float):
@@ -273,14 +417,19 @@ def load_base_models(workdir: str) -> list[keras.Model]:
 
 def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
                          strategy: tf.distribute.Strategy) -> dict | None:
-    """The head on the frozen base models' stacked features, with class-weighted loss."""
+    """The head on the frozen base models' stacked features, with class-weighted loss.
+
+    With the feature cache the head trains on features computed once; without it, end to end
+    on images through the frozen base models. Both build the head first after seeding and see
+    the same order, so for the same seed they train the same head (up to float rounding).
+    """
     model_path = cfg.path("models", "complete.keras")
     if _skip(cfg, model_path):
         return None
+    seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
-    with strategy.scope():
-        complete = models.build_complete_model(*load_base_models(cfg.workdir))
-    image_size = complete.input_shape[1]
+    frozen = models.build_complete_model(*load_base_models(cfg.workdir))  # shapes, and the cache's extractor
+    image_size, feature_dim = frozen.input_shape[1], frozen.get_layer("stacked_features").output.shape[1]
     logging.info("complete model: %d train / %d val images, class weights %s", len(train), len(val),
                  {CLASS_NAMES[c]: round(w, 3) for c, w in weights.items()})
     sample_weights = [weights[s.label] for s in train]
@@ -288,21 +437,25 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         logging.warning("--augment: the complete model trains end to end on augmented images; the feature cache "
                         "(clean images only) is bypassed")
     if cfg.feature_cache and not cfg.augment:
-        cache = FeatureCache(cfg.workdir, complete, source, image_size, cfg.batch_size, strategy)
+        cache = FeatureCache(cfg.workdir, frozen, source, image_size, cfg.batch_size, write=is_chief(strategy))
         train_ds = cache.dataset(train, cfg.batch_size, weights=sample_weights, shuffle_seed=cfg.seed)
         val_ds = cache.dataset(val, cfg.batch_size)
-        feature_dim = complete.get_layer("stacked_features").output.shape[1]
         head, summary = fit("complete", lambda: models.build_head(feature_dim), train_ds, val_ds, cfg, strategy)
         with strategy.scope():
             complete = models.build_complete_model(*load_base_models(cfg.workdir), head=head)
     else:
         train_ds = training_dataset(cfg, source, train, image_size, [s.label for s in train], sample_weights)
         val_ds = pipelines.image_dataset(source, val, image_size, cfg.batch_size, targets=[s.label for s in val])
-        complete, summary = fit("complete", lambda: models.build_complete_model(*load_base_models(cfg.workdir)),
-                                train_ds, val_ds, cfg, strategy)
-    save_model(complete, model_path)
+
+        def build_end_to_end():
+            head = models.build_head(feature_dim)  # first, to draw the same initial weights as with the cache
+            return models.build_complete_model(*load_base_models(cfg.workdir), head=head)
+
+        complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy)
+    save_model(complete, model_path, is_chief(strategy))
     return _record(cfg, "complete", {**summary, "train_images": len(train), "val_images": len(val),
-                                     "class_weights": {CLASS_NAMES[c]: w for c, w in weights.items()}})
+                                     "class_weights": {CLASS_NAMES[c]: w for c, w in weights.items()}},
+                   is_chief(strategy))
 
 
 def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy: tf.distribute.Strategy) -> dict | None:
@@ -310,14 +463,16 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
     model_path = cfg.path("models", "baseline.keras")
     if _skip(cfg, model_path):
         return None
+    seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
     train_ds = training_dataset(cfg, source, train, cfg.image_size, [s.label for s in train],
                                 [weights[s.label] for s in train])
     val_ds = pipelines.image_dataset(source, val, cfg.image_size, cfg.batch_size, targets=[s.label for s in val])
     model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights),
                          train_ds, val_ds, cfg, strategy)
-    save_model(model, model_path)
-    return _record(cfg, "baseline", {**summary, "train_images": len(train), "val_images": len(val)})
+    save_model(model, model_path, is_chief(strategy))
+    return _record(cfg, "baseline", {**summary, "train_images": len(train), "val_images": len(val)},
+                   is_chief(strategy))
 
 
 # --- feature cache ---------------------------------------------------------------------------
@@ -327,17 +482,19 @@ class FeatureCache:
 
     The base models are frozen (BatchNorm in inference mode), so their features do not change
     while the head trains: computing them once replaces ``epochs`` forward passes through three
-    backbones by one. Files are keyed by a fingerprint of the base models' weights, the image
-    list and the image size, so a retrained base model or another split never reuses stale data.
+    backbones by one. Files are keyed by a fingerprint of the base models' weights and compute
+    dtypes, the image list and the image size, so a retrained base model or another split never
+    reuses stale data. Features are computed outside any distribution strategy (one device,
+    once) and stored as float32; ``write=False`` (non-chief workers) keeps them in memory only.
     """
 
     def __init__(self, workdir: str, complete: keras.Model, source, image_size: int, batch_size: int,
-                 strategy: tf.distribute.Strategy):
+                 write: bool = True):
         self.folder = os.path.join(workdir, "features")
-        self.source, self.image_size, self.batch_size = source, image_size, batch_size
-        with strategy.scope():
-            self.stacker = keras.Model(complete.input, complete.get_layer("stacked_features").output)
-        self.weights_digest = _digest(w.numpy().tobytes() for w in self.stacker.weights)
+        self.source, self.image_size, self.batch_size, self.write = source, image_size, batch_size, write
+        self.stacker = keras.Model(complete.input, complete.get_layer("stacked_features").output)
+        self.weights_digest = _digest([*(w.numpy().tobytes() for w in self.stacker.weights),
+                                       *(layer.dtype_policy.name.encode() for layer in nested_layers(self.stacker))])
 
     def features(self, samples: Sequence[corpus_lib.Sample]) -> tuple[np.ndarray, list[str]]:
         """Features and the paths they belong to (unreadable images are absent)."""
@@ -350,9 +507,11 @@ class FeatureCache:
         ds = pipelines.image_dataset(self.source, samples, self.image_size, self.batch_size, with_paths=True)
         features, paths = [], []
         for images, batch_paths in ds:
-            features.append(self.stacker.predict_on_batch(images))
+            features.append(np.asarray(self.stacker.predict_on_batch(images), np.float32))
             paths.extend(p.decode() for p in batch_paths.numpy())
         features = np.concatenate(features) if features else np.zeros((0, *self.stacker.output_shape[1:]), np.float32)
+        if not self.write:
+            return features, paths
         os.makedirs(self.folder, exist_ok=True)
         tmp = path[: -len(".npz")] + ".tmp.npz"
         np.savez(tmp, features=features, paths=np.array([p.encode() for p in paths]))
@@ -369,7 +528,7 @@ class FeatureCache:
         ds = tf.data.Dataset.from_tensor_slices(parts)
         if shuffle_seed is not None:
             ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return pipelines.shard_by_data(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def _digest(chunks) -> str:

@@ -99,7 +99,19 @@ def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size
             ds = ds.shuffle(min(len(samples), 4096), seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    return shard_by_data(ds.batch(batch_size).prefetch(AUTOTUNE))
+
+
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Tell a multi-worker strategy to shard ``ds`` by element (each worker keeps its batches).
+
+    Our sources are lists of paths read with ``tf.io.read_file``, not reader datasets, so
+    TensorFlow's default (try sharding by file) cannot apply: it would warn and fall back to
+    this anyway. Single-machine strategies ignore the option.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def folder_source(data_dir: str) -> FolderSource:
