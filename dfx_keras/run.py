@@ -82,6 +82,7 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
     split.csv, results and exports (``training`` keeps the stages' files chief-only too).
     """
     dist = training.get_strategy(strategy)  # first: a multi-worker strategy must exist before TensorFlow starts
+    training.check_batch_size(cfg.batch_size, dist)
     chief = training.is_chief(dist)
     corpus, source = open_data(cfg, data_dir, make_demo_corpus, write_split=chief, data=data)
     print(f"corpus: {len(corpus.samples)} images ({len(corpus.skipped)} unreadable skipped), "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -64,15 +65,36 @@ class TrainConfig:
         return os.path.join(self.workdir, *parts)
 
 
+class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """TensorFlow's multi-worker strategy, with a ``reduce`` that Keras 3's ``fit`` can call.
+
+    Keras 3 reduces nested values (its first ``(images, labels)`` batch) and scalar logs with
+    ``axis=0``; MirroredStrategy tolerates both, the collective strategy neither, so ``fit``
+    fails at its first step (tensorflow/tensorflow#72388). Each leaf is reduced on its own,
+    scalars across replicas only.
+    """
+
+    def reduce(self, reduce_op, value, axis=None):
+        def reduce_leaf(leaf):
+            rank = (leaf.values[0] if isinstance(leaf, tf.distribute.DistributedValues) else leaf).shape.rank
+            return super(MultiWorkerMirroredStrategy, self).reduce(reduce_op, leaf, axis if rank else None)
+
+        return tf.nest.map_structure(reduce_leaf, value)
+
+
+@functools.cache
 def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """``auto``: MirroredStrategy over all GPUs when there are several, else the default.
 
     ``mirrored`` without GPUs mirrors over the logical CPU devices (how the tests run it).
     ``multi_worker`` reads the cluster from ``TF_CONFIG``; it is created before anything
     lists devices, because collective ops must be configured before TensorFlow's runtime starts.
+    One strategy per name and process: every MirroredStrategy numbers its collective ops from
+    the same keys, so a second one in a process pairs its all-reduces with the first one's and
+    aborts them (TensorFlow's own tests shift a private key base instead).
     """
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -187,14 +209,14 @@ def synchronized_batchnorm(model: keras.Model, enabled: bool) -> Iterator[None]:
 
 
 def whole_replica_batches(ds: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
-    """Cut each batch to a multiple of the replica count, so every replica gets an equal slice.
+    """Cut each batch to a multiple of the replica count, so no replica gets an empty slice.
 
+    For validation sets, whose last batch is partial (training streams are whole batches).
     Uneven slices break two things: Keras 3 builds a distributed model from the first batch
     by averaging its slices, which fails when they differ in size (keras-team/keras#19246,
     a dataset smaller than one global batch), and oneDNN's CPU convolution fails on the empty
-    slice a final batch smaller than the replica count leaves. Only a dataset's last batch
-    can be cut: at most ``replicas - 1`` images per epoch are skipped (training: different
-    ones each epoch, as the order is reshuffled). One replica: unchanged.
+    slice a final batch smaller than the replica count leaves. At most ``replicas - 1``
+    images of the last batch are skipped. One replica: unchanged.
     """
     if replicas == 1:
         return ds
@@ -242,15 +264,32 @@ def _stage_files(cfg: TrainConfig, name: str, chief: bool, resuming: bool) -> It
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+class SettingsError(ValueError):
+    """A setting that cannot work with this run's devices (train.py reports it in one line)."""
+
+
+def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
+    """The global batch must split into equal per-replica batches (per replica x replicas)."""
+    if batch_size % strategy.num_replicas_in_sync:
+        raise SettingsError(f"--batch_size={batch_size} is the global batch: it must be a multiple of the "
+                         f"{strategy.num_replicas_in_sync} replicas (per-replica batch x replicas)")
+
+
 def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, val_ds: tf.data.Dataset,
-        cfg: TrainConfig, strategy: tf.distribute.Strategy) -> tuple[keras.Model, dict]:
+        cfg: TrainConfig, strategy: tf.distribute.Strategy, train_size: int) -> tuple[keras.Model, dict]:
     """Train ``build()`` for ``cfg.epochs`` with resume, logs and best-val-loss selection.
 
     ``build`` runs inside ``strategy.scope()`` under ``cfg.precision``; the datasets hold
     global batches, which the strategy splits across replicas. Only the chief writes the
     workdir (TensorBoard logs from the chief only). Returns the model holding its best
     weights and a summary of the best epoch.
+
+    The training stream is endless (``pipelines.seeded_passes``; finite datasets are repeated)
+    and an epoch is ``ceil(train_size / batch_size)`` whole batches: Keras 3 ends an epoch of
+    unknown length (an image pipeline that skips unreadable files) by probing past its end,
+    which advances the optimizer's step counter without an update.
     """
+    check_batch_size(cfg.batch_size, strategy)
     chief, replicas = is_chief(strategy), strategy.num_replicas_in_sync
     resuming = os.path.isdir(cfg.path("backup", name))
     if chief:
@@ -274,8 +313,8 @@ def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, 
             callbacks.append(keras.callbacks.LearningRateScheduler(_lr_schedule(cfg)))
         logging.info("training %s for %d epochs on %d replica(s)%s", name, cfg.epochs, replicas,
                      " (resuming)" if resuming else "")
-        model.fit(whole_replica_batches(train_ds, replicas), epochs=cfg.epochs, callbacks=callbacks,
-                  validation_data=whole_replica_batches(val_ds, replicas),
+        model.fit(train_ds.repeat(), epochs=cfg.epochs, steps_per_epoch=-(-train_size // cfg.batch_size),
+                  callbacks=callbacks, validation_data=whole_replica_batches(val_ds, replicas),
                   verbose=cfg.verbose if cfg.verbose != "auto" else (1 if sys.stdout.isatty() else 2))
         model.load_weights(best_path)
         summary = _best_epoch_summary(csv_path)
@@ -393,7 +432,7 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
     others = corpus_lib.fraction_others(train + val, class_id(main_class))
     logging.info("%s: %d train / %d val images, %.1f%% others", name, len(train), len(val), 100 * others)
     model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name),
-                         train_ds, val_ds, cfg, strategy)
+                         train_ds, val_ds, cfg, strategy, len(train))
     save_model(model, model_path, is_chief(strategy))
     return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val), "others_share": others},
                    is_chief(strategy))
@@ -440,7 +479,8 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         cache = FeatureCache(cfg.workdir, frozen, source, image_size, cfg.batch_size, write=is_chief(strategy))
         train_ds = cache.dataset(train, cfg.batch_size, weights=sample_weights, shuffle_seed=cfg.seed)
         val_ds = cache.dataset(val, cfg.batch_size)
-        head, summary = fit("complete", lambda: models.build_head(feature_dim), train_ds, val_ds, cfg, strategy)
+        head, summary = fit("complete", lambda: models.build_head(feature_dim), train_ds, val_ds, cfg, strategy,
+                            len(train))
         with strategy.scope():
             complete = models.build_complete_model(*load_base_models(cfg.workdir), head=head)
     else:
@@ -451,7 +491,7 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
             head = models.build_head(feature_dim)  # first, to draw the same initial weights as with the cache
             return models.build_complete_model(*load_base_models(cfg.workdir), head=head)
 
-        complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy)
+        complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy, len(train))
     save_model(complete, model_path, is_chief(strategy))
     return _record(cfg, "complete", {**summary, "train_images": len(train), "val_images": len(val),
                                      "class_weights": {CLASS_NAMES[c]: w for c, w in weights.items()}},
@@ -469,7 +509,7 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
                                 [weights[s.label] for s in train])
     val_ds = pipelines.image_dataset(source, val, cfg.image_size, cfg.batch_size, targets=[s.label for s in val])
     model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights),
-                         train_ds, val_ds, cfg, strategy)
+                         train_ds, val_ds, cfg, strategy, len(train))
     save_model(model, model_path, is_chief(strategy))
     return _record(cfg, "baseline", {**summary, "train_images": len(train), "val_images": len(val)},
                    is_chief(strategy))
@@ -520,14 +560,17 @@ class FeatureCache:
 
     def dataset(self, samples: Sequence[corpus_lib.Sample], batch_size: int, weights: Sequence[float] | None = None,
                 shuffle_seed: int | None = None) -> tf.data.Dataset:
-        """Batches of ``(features, label[, weight])`` in the same order an image pipeline would use."""
+        """Batches of ``(features, label[, weight])`` in the order an image pipeline would use:
+        one pass in sample order, or with a seed the same endless ``seeded_passes`` stream."""
         features, paths = self.features(samples)
         by_path = {s.path: (s.label, w) for s, w in zip(samples, weights if weights is not None else [1.0] * len(samples))}
         labels = np.array([by_path[p][0] for p in paths], np.int32)
         parts = (features, labels) + ((np.array([by_path[p][1] for p in paths], np.float32),) if weights is not None else ())
-        ds = tf.data.Dataset.from_tensor_slices(parts)
-        if shuffle_seed is not None:
-            ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+        if shuffle_seed is None:
+            ds = tf.data.Dataset.from_tensor_slices(parts)
+        else:
+            parts = tuple(tf.constant(part) for part in parts)
+            ds = pipelines.seeded_passes(len(paths), shuffle_seed).map(lambda i: tuple(tf.gather(p, i) for p in parts))
         return pipelines.shard_by_data(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 

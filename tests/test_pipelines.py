@@ -12,8 +12,10 @@ from dfx_keras.data import pipelines
 from dfx_keras.training import TrainConfig, base_model_data
 
 
-def _labels(ds):
-    return np.concatenate([batch[1].numpy() for batch in ds])
+def _labels(ds, count=None):
+    """Targets of a finite dataset, or of the first ``count`` images of an endless one."""
+    batches = ds if count is None else ds.take(-(-count // next(iter(ds))[1].shape[0]))
+    return np.concatenate([batch[1].numpy() for batch in batches])[:count]
 
 
 def test_base_model_pipeline_realises_the_expected_composition(tmp_path):
@@ -25,7 +27,7 @@ def test_base_model_pipeline_realises_the_expected_composition(tmp_path):
     cfg = TrainConfig(workdir=str(tmp_path / "w"), image_size=16, batch_size=8, others_fraction=0.1, val_fraction=0.2)
     for main, name in enumerate(("dm_generated", "gan_generated", "real")):
         train_ds, val_ds, train, val = base_model_data(cfg, corpus, pipelines.FolderSource(root), name)
-        realised = Counter(_labels(train_ds).tolist()) + Counter(_labels(val_ds).tolist())
+        realised = Counter(_labels(train_ds, len(train)).tolist()) + Counter(_labels(val_ds).tolist())
         expected_main = sum(len(g) for (label, _), g in folders.items() if label == main)
         expected_others = sum(corpus_lib.folder_quota(len(g), 0.1) for (label, _), g in folders.items() if label != main)
         assert realised == {1: expected_main, 0: expected_others}
@@ -33,13 +35,16 @@ def test_base_model_pipeline_realises_the_expected_composition(tmp_path):
 
 
 def test_shuffle_is_seeded_and_reshuffles_each_epoch(small_corpus):
+    """A seeded (training) dataset is an endless stream of passes, each a new permutation; every
+    iterator replays the same stream (see ``pipelines.seeded_passes``)."""
     corpus = corpus_lib.scan_corpus(small_corpus)
     samples = corpus.samples
     source = pipelines.FolderSource(small_corpus)
 
     def order(seed):
         ds = pipelines.image_dataset(source, samples, 8, 4, with_paths=True, shuffle_seed=seed)
-        return [[p.decode() for batch in ds for p in batch[1].numpy()] for _ in range(2)]
+        stream = [p.decode() for _, paths in ds.take(2 * len(samples) // 4) for p in paths.numpy()]
+        return [stream[:len(samples)], stream[len(samples):]]
 
     first, again = order(7), order(7)
     assert first == again and first[0] != first[1]

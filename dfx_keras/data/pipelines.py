@@ -51,15 +51,33 @@ class FolderSource:
         self.root = root
 
     def encoded(self, samples: Sequence[Sample], shuffle_seed: int | None = None) -> tf.data.Dataset:
-        """``(path, bytes)`` in sample order, or reshuffled each epoch when a seed is given.
+        """``(path, bytes)`` in sample order, or, given a seed, ``seeded_passes`` over the samples.
 
-        Paths are shuffled before any file is read, so the shuffle buffer holds strings only.
+        Paths are ordered before any file is read, so no shuffle buffer holds images.
         """
-        paths = tf.data.Dataset.from_tensor_slices(tf.constant([s.path for s in samples], tf.string))
-        if shuffle_seed is not None:
-            paths = paths.shuffle(len(samples), seed=shuffle_seed, reshuffle_each_iteration=True)
+        paths = tf.constant([s.path for s in samples], tf.string)
+        if shuffle_seed is None:
+            order = tf.data.Dataset.from_tensor_slices(paths)
+        else:
+            order = seeded_passes(len(samples), shuffle_seed).map(lambda i: tf.gather(paths, i))
         root = self.root.rstrip("/") + "/"
-        return paths.map(lambda p: (p, tf.io.read_file(root + p)), num_parallel_calls=AUTOTUNE)
+        return order.map(lambda p: (p, tf.io.read_file(root + p)), num_parallel_calls=AUTOTUNE)
+
+
+def seeded_passes(count: int, seed: int) -> tf.data.Dataset:
+    """Indices ``0..count-1``, pass after pass without end, each pass in its own seeded order.
+
+    Pass k's order is a pure function of ``(seed, k)``, so every iterator replays the same
+    stream. A ``reshuffle_each_iteration`` shuffle instead draws a new order for each iterator,
+    and Keras and tf.distribute create iterators differently (one device, several, cached
+    features or images): the same seed would give them different orders.
+    """
+    def one_pass(k):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
+                                                         seed=tf.stack([tf.constant(seed, tf.int64), k]))
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    return tf.data.Dataset.counter().flat_map(one_pass)
 
 
 def _lookup(samples: Sequence[Sample], values: Sequence, dtype) -> tf.lookup.StaticHashTable:
@@ -74,10 +92,12 @@ def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size
                   with_paths: bool = False, cache: bool = False, repeat: bool = False) -> tf.data.Dataset:
     """Batches of ``(images, targets[, weights])``, or ``(images, paths)`` with ``with_paths``.
 
-    Images that fail to decode are dropped with a logged warning (``ignore_errors``) rather
-    than stopping a run; corpus scans already removed the ones a header check can find.
-    ``cache`` keeps the resized images in memory for later epochs (only without a transform,
-    which may be random).
+    Without ``shuffle_seed``: one pass in sample order. With it (training): an endless stream of
+    seeded passes, batched across pass boundaries (every batch is whole); a training loop
+    counts its epochs in steps. Images that fail to decode are dropped with a logged warning
+    (``ignore_errors``) rather than stopping a run; corpus scans already removed the ones a
+    header check can find. ``cache`` keeps the resized images of one pass in memory and then
+    shuffles them in a seeded buffer (only without a transform, which may be random).
     """
     ds = source.encoded(samples, shuffle_seed=None if cache else shuffle_seed)
     target_table = _lookup(samples, targets, tf.int32) if targets is not None else None
@@ -95,8 +115,8 @@ def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size
     ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
     if cache:
         ds = ds.cache()
-        if shuffle_seed is not None:
-            ds = ds.shuffle(min(len(samples), 4096), seed=shuffle_seed, reshuffle_each_iteration=True)
+        if shuffle_seed is not None:  # the same stream for every iterator, as seeded_passes
+            ds = ds.repeat().shuffle(min(len(samples), 4096), seed=shuffle_seed, reshuffle_each_iteration=False)
     if repeat:
         ds = ds.repeat()
     return shard_by_data(ds.batch(batch_size).prefetch(AUTOTUNE))

@@ -1,0 +1,61 @@
+"""The complete stage's feature cache: the same head as end-to-end training, computed once, never stale."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import make_corpus
+from dfx_keras import models, training
+from dfx_keras.data import corpus as corpus_lib
+from dfx_keras.data import pipelines
+
+TINY = dict(backbone="tiny", weights=None, image_size=32, batch_size=12, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def trained_bases(tmp_path_factory):
+    """A corpus and three tiny base models trained on it (one epoch)."""
+    root = make_corpus(tmp_path_factory.mktemp("corpus"), per_folder=24)
+    corpus, source = corpus_lib.scan_corpus(root), pipelines.FolderSource(root)
+    cfg = training.TrainConfig(workdir=str(tmp_path_factory.mktemp("bases")), epochs=1, **TINY)
+    for name in ("dm_generated", "gan_generated", "real"):
+        training.train_base_model(cfg, corpus, source, name, training.get_strategy())
+    return corpus, source, cfg.path("models")
+
+
+def _complete(tmp_path, trained_bases, name, **overrides):
+    corpus, source, base_models = trained_bases
+    cfg = training.TrainConfig(workdir=str(tmp_path / name), **{"epochs": 2, **TINY, **overrides})
+    if not os.path.isdir(cfg.path("models")):
+        shutil.copytree(base_models, cfg.path("models"))
+    training.train_complete_model(cfg, corpus, source, training.get_strategy())
+    return cfg
+
+
+@pytest.mark.slow
+def test_cached_features_and_end_to_end_training_give_the_same_head(tmp_path, trained_bases):
+    """Same seed, same order (``seeded_passes``), no augmentation: two epochs on cached features
+    and two epochs through the frozen base models end with the same head, to float rounding."""
+    cached = _complete(tmp_path, trained_bases, "cached")
+    end_to_end = _complete(tmp_path, trained_bases, "end_to_end", feature_cache=False)
+    assert os.listdir(cached.path("features")) and not os.path.exists(end_to_end.path("features"))
+    heads = [models.head_of(models.load_model(cfg.path("models", "complete.keras"))) for cfg in (cached, end_to_end)]
+    for a, b in zip(*(head.weights for head in heads)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)  # bit-identical here
+
+
+@pytest.mark.slow
+def test_features_are_computed_once_and_a_retrained_base_model_is_not_served_stale_ones(tmp_path, trained_bases):
+    cfg = _complete(tmp_path, trained_bases, "work", epochs=1)
+    files = {f: os.path.getmtime(cfg.path("features", f)) for f in os.listdir(cfg.path("features"))}
+    assert len(files) == 2  # training and validation images
+    _complete(tmp_path, trained_bases, "work", epochs=1, overwrite=True)
+    assert {f: os.path.getmtime(cfg.path("features", f)) for f in os.listdir(cfg.path("features"))} == files
+    bm_dm = models.load_model(cfg.path("models", "bm_dm.keras"))
+    first_conv = bm_dm.get_layer("tiny").layers[1]
+    first_conv.kernel.assign(first_conv.kernel * 1.01)  # as if retrained: other features
+    training.save_model(bm_dm, cfg.path("models", "bm_dm.keras"))
+    _complete(tmp_path, trained_bases, "work", epochs=1, overwrite=True)
+    assert len(os.listdir(cfg.path("features"))) == 4
