@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from typing import Callable, Iterator, Sequence
 
 import keras
@@ -445,9 +446,21 @@ def complete_split(corpus: corpus_lib.Corpus, val_fraction: float):
     return train, val, corpus_lib.class_weights(corpus.pool(corpus_lib.COMPLETE_POOL))
 
 
-def load_base_models(workdir: str) -> list[keras.Model]:
-    """The three trained base models, in the order DM, GAN, REAL."""
+# Seconds a non-chief worker waits for the chief's model files before giving up.
+CHIEF_WRITE_TIMEOUT = 600.0
+
+
+def load_base_models(workdir: str, wait_seconds: float = 0.0) -> list[keras.Model]:
+    """The three trained base models, in the order DM, GAN, REAL.
+
+    ``wait_seconds``: how long to wait for files still being written. A non-chief worker of a
+    multi-worker run ends the base stage as soon as its scratch save is done, while the chief
+    may still be writing ``bm_real.keras``; reading at once would race the chief.
+    """
     paths = [os.path.join(workdir, "models", f"{models.base_model_name(c)}.keras") for c in CLASS_NAMES]
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline and not all(os.path.exists(p) for p in paths):
+        time.sleep(0.5)
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise FileNotFoundError(f"train the base models first; missing: {', '.join(missing)}")
@@ -467,7 +480,8 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         return None
     seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
-    frozen = models.build_complete_model(*load_base_models(cfg.workdir))  # shapes, and the cache's extractor
+    wait = 0.0 if is_chief(strategy) else CHIEF_WRITE_TIMEOUT
+    frozen = models.build_complete_model(*load_base_models(cfg.workdir, wait))  # shapes, and the cache's extractor
     image_size, feature_dim = frozen.input_shape[1], frozen.get_layer("stacked_features").output.shape[1]
     logging.info("complete model: %d train / %d val images, class weights %s", len(train), len(val),
                  {CLASS_NAMES[c]: round(w, 3) for c, w in weights.items()})
@@ -482,14 +496,14 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         head, summary = fit("complete", lambda: models.build_head(feature_dim), train_ds, val_ds, cfg, strategy,
                             len(train))
         with strategy.scope():
-            complete = models.build_complete_model(*load_base_models(cfg.workdir), head=head)
+            complete = models.build_complete_model(*load_base_models(cfg.workdir, wait), head=head)
     else:
         train_ds = training_dataset(cfg, source, train, image_size, [s.label for s in train], sample_weights)
         val_ds = pipelines.image_dataset(source, val, image_size, cfg.batch_size, targets=[s.label for s in val])
 
         def build_end_to_end():
             head = models.build_head(feature_dim)  # first, to draw the same initial weights as with the cache
-            return models.build_complete_model(*load_base_models(cfg.workdir), head=head)
+            return models.build_complete_model(*load_base_models(cfg.workdir, wait), head=head)
 
         complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy, len(train))
     save_model(complete, model_path, is_chief(strategy))

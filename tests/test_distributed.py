@@ -234,9 +234,9 @@ def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_pa
              "--batch_size=12"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [worker.communicate(timeout=600) for worker in workers]
-    for worker, (out, err) in zip(workers, outputs):
-        assert worker.returncode == 0, err[-3000:]
-        assert "2 replica(s)" in out
+    assert [w.returncode for w in workers] == [0, 0], "\n\n".join(
+        f"worker {i} (exit {w.returncode}):\n{err[-3000:]}" for i, (w, (_, err)) in enumerate(zip(workers, outputs)))
+    assert all("2 replica(s)" in out for out, _ in outputs)
     assert sorted(os.listdir(work / "models")) == ["bm_dm.keras", "bm_gan.keras", "bm_real.keras", "complete.keras"]
     for name in ("bm_dm", "bm_gan", "bm_real", "complete"):
         with open(work / "logs" / f"{name}.csv", newline="") as f:
