@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from typing import Callable, Iterator, Sequence
 
 import keras
@@ -348,6 +347,18 @@ def save_model(model: keras.Model, path: str, chief: bool = True) -> None:
     os.replace(tmp, path)
 
 
+def save_stage_model(model: keras.Model, path: str, strategy: tf.distribute.Strategy) -> None:
+    """``save_model`` (the chief into the workdir), then wait until every worker has saved.
+
+    In a multi-worker run the other workers finish their scratch saves first; without this
+    barrier (a one-number all-reduce, which the chief joins once its file is in place) they
+    could read a base model the chief is still writing, or the previous run's file.
+    """
+    save_model(model, path, is_chief(strategy))
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
 def _record(cfg: TrainConfig, name: str, summary: dict, chief: bool = True) -> dict:
     """Keep a stage's summary in logs/stages.json (read by the closing table); chief only."""
     if not chief:
@@ -434,7 +445,7 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
     logging.info("%s: %d train / %d val images, %.1f%% others", name, len(train), len(val), 100 * others)
     model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name),
                          train_ds, val_ds, cfg, strategy, len(train))
-    save_model(model, model_path, is_chief(strategy))
+    save_stage_model(model, model_path, strategy)
     return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val), "others_share": others},
                    is_chief(strategy))
 
@@ -446,21 +457,9 @@ def complete_split(corpus: corpus_lib.Corpus, val_fraction: float):
     return train, val, corpus_lib.class_weights(corpus.pool(corpus_lib.COMPLETE_POOL))
 
 
-# Seconds a non-chief worker waits for the chief's model files before giving up.
-CHIEF_WRITE_TIMEOUT = 600.0
-
-
-def load_base_models(workdir: str, wait_seconds: float = 0.0) -> list[keras.Model]:
-    """The three trained base models, in the order DM, GAN, REAL.
-
-    ``wait_seconds``: how long to wait for files still being written. A non-chief worker of a
-    multi-worker run ends the base stage as soon as its scratch save is done, while the chief
-    may still be writing ``bm_real.keras``; reading at once would race the chief.
-    """
+def load_base_models(workdir: str) -> list[keras.Model]:
+    """The three trained base models, in the order DM, GAN, REAL."""
     paths = [os.path.join(workdir, "models", f"{models.base_model_name(c)}.keras") for c in CLASS_NAMES]
-    deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline and not all(os.path.exists(p) for p in paths):
-        time.sleep(0.5)
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise FileNotFoundError(f"train the base models first; missing: {', '.join(missing)}")
@@ -480,8 +479,7 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         return None
     seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
-    wait = 0.0 if is_chief(strategy) else CHIEF_WRITE_TIMEOUT
-    frozen = models.build_complete_model(*load_base_models(cfg.workdir, wait))  # shapes, and the cache's extractor
+    frozen = models.build_complete_model(*load_base_models(cfg.workdir))  # shapes, and the cache's extractor
     image_size, feature_dim = frozen.input_shape[1], frozen.get_layer("stacked_features").output.shape[1]
     logging.info("complete model: %d train / %d val images, class weights %s", len(train), len(val),
                  {CLASS_NAMES[c]: round(w, 3) for c, w in weights.items()})
@@ -496,17 +494,17 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         head, summary = fit("complete", lambda: models.build_head(feature_dim), train_ds, val_ds, cfg, strategy,
                             len(train))
         with strategy.scope():
-            complete = models.build_complete_model(*load_base_models(cfg.workdir, wait), head=head)
+            complete = models.build_complete_model(*load_base_models(cfg.workdir), head=head)
     else:
         train_ds = training_dataset(cfg, source, train, image_size, [s.label for s in train], sample_weights)
         val_ds = pipelines.image_dataset(source, val, image_size, cfg.batch_size, targets=[s.label for s in val])
 
         def build_end_to_end():
             head = models.build_head(feature_dim)  # first, to draw the same initial weights as with the cache
-            return models.build_complete_model(*load_base_models(cfg.workdir, wait), head=head)
+            return models.build_complete_model(*load_base_models(cfg.workdir), head=head)
 
         complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy, len(train))
-    save_model(complete, model_path, is_chief(strategy))
+    save_stage_model(complete, model_path, strategy)
     return _record(cfg, "complete", {**summary, "train_images": len(train), "val_images": len(val),
                                      "class_weights": {CLASS_NAMES[c]: w for c, w in weights.items()}},
                    is_chief(strategy))
@@ -524,7 +522,7 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
     val_ds = pipelines.image_dataset(source, val, cfg.image_size, cfg.batch_size, targets=[s.label for s in val])
     model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights),
                          train_ds, val_ds, cfg, strategy, len(train))
-    save_model(model, model_path, is_chief(strategy))
+    save_stage_model(model, model_path, strategy)
     return _record(cfg, "baseline", {**summary, "train_images": len(train), "val_images": len(val)},
                    is_chief(strategy))
 
