@@ -68,6 +68,8 @@ def normalised(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def bare_map(paths: list[str]) -> tf.data.Dataset:
+    """The floor: parallel read, PNG decode and antialiased resize, nothing else (also the
+    folder side of bench_tfds_read.py)."""
     def load(path):
         image = tf.io.decode_png(tf.io.read_file(path), channels=3)
         return tf.image.resize(image, (SIZE, SIZE), method="bilinear", antialias=True)

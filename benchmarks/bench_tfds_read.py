@@ -27,12 +27,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from benchmarks.bench_input_pipeline import bare_map  # noqa: E402
 from benchmarks.bench_tfds_prepare import ensure_corpus, prepare  # noqa: E402
 from datasets.dfx_corpus import dfx_corpus_dataset_builder as builder_lib  # noqa: E402
 from dfx_keras.data import corpus as corpus_lib  # noqa: E402
 
 BATCH = 32
-SIZE = 256
 TARGET_RATIO = 4.0
 ALL_SPLITS = "+".join(builder_lib.SPLIT_NAMES)
 
@@ -40,15 +40,6 @@ ALL_SPLITS = "+".join(builder_lib.SPLIT_NAMES)
 def tfds_pipeline(builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
   ds = builder.as_dataset(split=ALL_SPLITS, shuffle_files=False)
   ds = ds.map(lambda ex: tf.cast(ex["image"], tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
-
-
-def folder_pipeline(paths: list[str]) -> tf.data.Dataset:
-  def load(path):
-    image = tf.io.decode_png(tf.io.read_file(path), channels=3)
-    return tf.image.resize(image, (SIZE, SIZE), method="bilinear", antialias=True)
-
-  ds = tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
 
 
@@ -77,7 +68,7 @@ def main() -> None:
     builder = prepare("r256", corpus, work / "data_r256", beam=False)[0]
   folder = corpus_lib.scan_corpus(str(corpus), check=False)
   paths = [folder.abspath(s) for s in folder.samples]
-  pipelines = {"tfds r256": tfds_pipeline(builder), "folder PNG": folder_pipeline(paths)}
+  pipelines = {"tfds r256": tfds_pipeline(builder), "folder PNG": bare_map(paths)}
   print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
         f"{len(paths)} images; batch {BATCH}", flush=True)
 
