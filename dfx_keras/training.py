@@ -112,6 +112,25 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return strategy.extended.should_checkpoint
 
 
+def worker_share(strategy: tf.distribute.Strategy) -> tuple[int, int] | None:
+    """``(workers, index)`` of this process in a multi-worker run (``pipelines.image_dataset``'s
+    ``share``: each worker reads and decodes only its images); None on one machine."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    return cluster_share(strategy.cluster_resolver)
+
+
+def cluster_share(resolver: tf.distribute.cluster_resolver.ClusterResolver) -> tuple[int, int] | None:
+    """Workers are numbered as TensorFlow numbers input pipelines: a ``chief`` task first (when
+    the cluster has one), then ``worker`` 0, 1, ..."""
+    spec = resolver.cluster_spec().as_dict()
+    chiefs = len(spec.get("chief", ()))
+    workers = chiefs + len(spec.get("worker", ()))
+    if workers < 2:
+        return None
+    return workers, 0 if resolver.task_type == "chief" else chiefs + resolver.task_id
+
+
 def prepare_corpus(data_dir: str, workdir: str, write_split: bool = True) -> corpus_lib.Corpus:
     """Scan and check the corpus, and write ``split.csv`` (the reference's guidance.csv)."""
     corpus = corpus_lib.scan_corpus(data_dir)
@@ -395,13 +414,15 @@ def augmentation(cfg: TrainConfig) -> Callable | None:
 
 
 def training_dataset(cfg: TrainConfig, source, samples: Sequence[corpus_lib.Sample], image_size: int,
-                     targets: Sequence[int], weights: Sequence[float] | None = None) -> tf.data.Dataset:
+                     targets: Sequence[int], weights: Sequence[float] | None = None,
+                     share: tuple[int, int] | None = None) -> tf.data.Dataset:
     """A stage's shuffled training batches, augmented when ``cfg.augment``; augmented images
-    are never cached (a cache would freeze the first epoch's random attacks)."""
+    are never cached (a cache would freeze the first epoch's random attacks). ``share``: this
+    worker's images only (``worker_share``)."""
     transform = augmentation(cfg)
     return pipelines.image_dataset(source, samples, image_size, cfg.batch_size, targets=targets, weights=weights,
                                    shuffle_seed=cfg.seed, transform=transform,
-                                   cache=cfg.cache_images and transform is None)
+                                   cache=cfg.cache_images and transform is None, share=share)
 
 
 # --- stages ----------------------------------------------------------------------------------
@@ -416,7 +437,8 @@ def seed_stage(cfg: TrainConfig) -> None:
     keras.utils.set_random_seed(cfg.seed)
 
 
-def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str):
+def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str,
+                    share: tuple[int, int] | None = None):
     """Train and validation datasets of one base model, and the subset they were drawn from.
 
     Main class vs an ``others_fraction`` sample of every other architecture folder, from
@@ -427,7 +449,8 @@ def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_cl
     subset = corpus_lib.base_model_subset(corpus.pool(corpus_lib.BASE_POOL), main, cfg.others_fraction)
     train, val = corpus_lib.holdout_split(subset, cfg.val_fraction, salt=f"val-{models.base_model_name(main_class)}")
     check_sizes(models.base_model_name(main_class), train, val)
-    train_ds = training_dataset(cfg, source, train, cfg.image_size, [int(s.label == main) for s in train])
+    train_ds = training_dataset(cfg, source, train, cfg.image_size, [int(s.label == main) for s in train],
+                                share=share)
     val_ds = pipelines.image_dataset(source, val, cfg.image_size, cfg.batch_size,
                                      targets=[int(s.label == main) for s in val], cache=cfg.cache_images)
     return train_ds, val_ds, train, val
@@ -440,7 +463,7 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
     model_path = cfg.path("models", f"{name}.keras")
     if _skip(cfg, model_path):
         return None
-    train_ds, val_ds, train, val = base_model_data(cfg, corpus, source, main_class)
+    train_ds, val_ds, train, val = base_model_data(cfg, corpus, source, main_class, worker_share(strategy))
     others = corpus_lib.fraction_others(train + val, class_id(main_class))
     logging.info("%s: %d train / %d val images, %.1f%% others", name, len(train), len(val), 100 * others)
     model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name),
@@ -479,7 +502,9 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         return None
     seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
-    frozen = models.build_complete_model(*load_base_models(cfg.workdir))  # shapes, and the cache's extractor
+    extract_with = feature_strategy(strategy)
+    with extract_with.scope():  # shapes, and the cache's extractor
+        frozen = models.build_complete_model(*load_base_models(cfg.workdir))
     image_size, feature_dim = frozen.input_shape[1], frozen.get_layer("stacked_features").output.shape[1]
     logging.info("complete model: %d train / %d val images, class weights %s", len(train), len(val),
                  {CLASS_NAMES[c]: round(w, 3) for c, w in weights.items()})
@@ -488,15 +513,18 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         logging.warning("--augment: the complete model trains end to end on augmented images; the feature cache "
                         "(clean images only) is bypassed")
     if cfg.feature_cache and not cfg.augment:
-        cache = FeatureCache(cfg.workdir, frozen, source, image_size, cfg.batch_size, write=is_chief(strategy))
-        train_ds = cache.dataset(train, cfg.batch_size, weights=sample_weights, shuffle_seed=cfg.seed)
+        cache = FeatureCache(cfg.workdir, frozen, source, image_size, cfg.batch_size, strategy=extract_with,
+                             write=is_chief(strategy))
+        train_ds = cache.dataset(train, cfg.batch_size, weights=sample_weights, shuffle_seed=cfg.seed,
+                                 share=worker_share(strategy))
         val_ds = cache.dataset(val, cfg.batch_size)
         head, summary = fit("complete", lambda: models.build_head(feature_dim), train_ds, val_ds, cfg, strategy,
                             len(train))
         with strategy.scope():
             complete = models.build_complete_model(*load_base_models(cfg.workdir), head=head)
     else:
-        train_ds = training_dataset(cfg, source, train, image_size, [s.label for s in train], sample_weights)
+        train_ds = training_dataset(cfg, source, train, image_size, [s.label for s in train], sample_weights,
+                                    share=worker_share(strategy))
         val_ds = pipelines.image_dataset(source, val, image_size, cfg.batch_size, targets=[s.label for s in val])
 
         def build_end_to_end():
@@ -518,7 +546,7 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
     seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
     train_ds = training_dataset(cfg, source, train, cfg.image_size, [s.label for s in train],
-                                [weights[s.label] for s in train])
+                                [weights[s.label] for s in train], share=worker_share(strategy))
     val_ds = pipelines.image_dataset(source, val, cfg.image_size, cfg.batch_size, targets=[s.label for s in val])
     model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights),
                          train_ds, val_ds, cfg, strategy, len(train))
@@ -529,6 +557,14 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
 
 # --- feature cache ---------------------------------------------------------------------------
 
+def feature_strategy(strategy: tf.distribute.Strategy) -> tf.distribute.Strategy:
+    """The strategy the feature pass runs under: ``strategy`` itself on one machine (all its
+    GPUs); in a multi-worker run the default one, on each worker's first device. Every worker
+    needs every feature (its share of the training stream covers all images over the epochs),
+    and passes of uneven length would stall the collective strategy's lock-step iterators."""
+    return tf.distribute.get_strategy() if worker_share(strategy) else strategy
+
+
 class FeatureCache:
     """Stacked base-model features (N, D, 3) of images, computed once and kept on disk.
 
@@ -536,15 +572,18 @@ class FeatureCache:
     while the head trains: computing them once replaces ``epochs`` forward passes through three
     backbones by one. Files are keyed by a fingerprint of the base models' weights and compute
     dtypes, the image list and the image size, so a retrained base model or another split never
-    reuses stale data. Features are computed outside any distribution strategy (one device,
-    once) and stored as float32; ``write=False`` (non-chief workers) keeps them in memory only.
+    reuses stale data. Features are computed in global batches under ``strategy`` (build
+    ``complete`` in its scope) and stored as float32; ``write=False`` (non-chief workers) keeps
+    them in memory only.
     """
 
     def __init__(self, workdir: str, complete: keras.Model, source, image_size: int, batch_size: int,
-                 write: bool = True):
+                 strategy: tf.distribute.Strategy | None = None, write: bool = True):
         self.folder = os.path.join(workdir, "features")
         self.source, self.image_size, self.batch_size, self.write = source, image_size, batch_size, write
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.stacker = keras.Model(complete.input, complete.get_layer("stacked_features").output)
+        self._step = tf.function(self._replica_step, reduce_retracing=True)  # traced once per cache, not per pass
         self.weights_digest = _digest([*(w.numpy().tobytes() for w in self.stacker.weights),
                                        *(layer.dtype_policy.name.encode() for layer in nested_layers(self.stacker))])
 
@@ -556,12 +595,8 @@ class FeatureCache:
         if os.path.exists(path):
             with np.load(path) as data:
                 return data["features"], [p.decode() for p in data["paths"]]
-        ds = pipelines.image_dataset(self.source, samples, self.image_size, self.batch_size, with_paths=True)
-        features, paths = [], []
-        for images, batch_paths in ds:
-            features.append(np.asarray(self.stacker.predict_on_batch(images), np.float32))
-            paths.extend(p.decode() for p in batch_paths.numpy())
-        features = np.concatenate(features) if features else np.zeros((0, *self.stacker.output_shape[1:]), np.float32)
+        features, indices = self._extract(samples)
+        paths = [samples[i].path for i in indices]
         if not self.write:
             return features, paths
         os.makedirs(self.folder, exist_ok=True)
@@ -570,20 +605,53 @@ class FeatureCache:
         os.replace(tmp, path)
         return features, paths
 
+    def _extract(self, samples: Sequence[corpus_lib.Sample]) -> tuple[np.ndarray, np.ndarray]:
+        """One pass of the samples through the stacker, split across the strategy's replicas.
+
+        Images travel with their sample index (GPU-friendly, unlike path strings). A final batch
+        is padded to a multiple of the replica count with index -1, so no replica gets an empty
+        slice (oneDNN fails on those); padding rows are dropped here.
+        """
+        strategy, replicas = self.strategy, self.strategy.num_replicas_in_sync
+        ds = pipelines.image_dataset(self.source, samples, self.image_size, self.batch_size,
+                                     targets=list(range(len(samples))))
+
+        def pad(images, indices):
+            extra = -tf.shape(indices)[0] % replicas
+            return (tf.concat([images, tf.zeros(tf.concat([[extra], tf.shape(images)[1:]], 0), images.dtype)], 0),
+                    tf.concat([indices, tf.fill([extra], -1)], 0))
+
+        features, indices = [], []
+        for batch in strategy.experimental_distribute_dataset(ds.map(pad)):
+            for f, i in zip(*map(strategy.experimental_local_results, self._step(*batch))):
+                keep = i.numpy() >= 0
+                features.append(np.asarray(f, np.float32)[keep])
+                indices.append(i.numpy()[keep])
+        if not features:
+            return np.zeros((0, *self.stacker.output_shape[1:]), np.float32), np.zeros(0, np.int64)
+        return np.concatenate(features), np.concatenate(indices)
+
+    def _replica_step(self, images, indices):
+        return self.strategy.run(lambda x, i: (self.stacker(x, training=False), i), args=(images, indices))
+
     def dataset(self, samples: Sequence[corpus_lib.Sample], batch_size: int, weights: Sequence[float] | None = None,
-                shuffle_seed: int | None = None) -> tf.data.Dataset:
+                shuffle_seed: int | None = None, share: tuple[int, int] | None = None) -> tf.data.Dataset:
         """Batches of ``(features, label[, weight])`` in the order an image pipeline would use:
-        one pass in sample order, or with a seed the same endless ``seeded_passes`` stream."""
+        one pass in sample order, or with a seed the same endless ``seeded_passes`` stream
+        (with ``share``, this worker's ``pipelines.worker_slices`` of it)."""
         features, paths = self.features(samples)
         by_path = {s.path: (s.label, w) for s, w in zip(samples, weights if weights is not None else [1.0] * len(samples))}
         labels = np.array([by_path[p][0] for p in paths], np.int32)
         parts = (features, labels) + ((np.array([by_path[p][1] for p in paths], np.float32),) if weights is not None else ())
         if shuffle_seed is None:
-            ds = tf.data.Dataset.from_tensor_slices(parts)
-        else:
+            ds = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size)
+        else:  # one gather per batch: per-example maps would cost more than a GPU's head step
             parts = tuple(tf.constant(part) for part in parts)
-            ds = pipelines.seeded_passes(len(paths), shuffle_seed).map(lambda i: tuple(tf.gather(p, i) for p in parts))
-        return pipelines.shard_by_data(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+            order = pipelines.seeded_passes(len(paths), shuffle_seed)
+            if share is not None:
+                order = pipelines.worker_slices(order, share, batch_size)
+            ds = order.batch(batch_size).map(lambda i: tuple(tf.gather(p, i) for p in parts))
+        return pipelines.per_worker(ds.prefetch(tf.data.AUTOTUNE), share is not None)
 
 
 def _digest(chunks) -> str:

@@ -249,3 +249,15 @@ def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_pa
     training.train_base_model(alone, corpus, source, "real", training.get_strategy("one_device"))
     np.testing.assert_allclose(_curve(training.TrainConfig(workdir=str(work)), "bm_real"), _curve(alone, "bm_real"),
                                rtol=1e-3)
+
+
+@pytest.mark.parametrize("cluster, task, expected", [
+    ({"worker": ["a:1", "b:1"]}, ("worker", 1), (2, 1)),
+    ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("chief", 0), (3, 0)),
+    ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("worker", 1), (3, 2)),
+    ({"worker": ["a:1"]}, ("worker", 0), None),
+])
+def test_each_worker_gets_its_own_share_numbered_chief_first(cluster, task, expected):
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1])
+    assert training.cluster_share(resolver) == expected

@@ -59,3 +59,21 @@ def test_features_are_computed_once_and_a_retrained_base_model_is_not_served_sta
     training.save_model(bm_dm, cfg.path("models", "bm_dm.keras"))
     _complete(tmp_path, trained_bases, "work", epochs=1, overwrite=True)
     assert len(os.listdir(cfg.path("features"))) == 4
+
+
+@pytest.mark.slow
+def test_the_feature_pass_splits_batches_across_replicas_and_loses_no_image(tmp_path, trained_bases):
+    """Under MirroredStrategy (2 logical CPUs) each global batch is split between the replicas;
+    the last one (11 = 2 x 4 + 3 images) is padded to a multiple of 2 and the padding dropped.
+    The features and their order equal the one-device pass."""
+    corpus, source, base_models = trained_bases
+    samples = corpus.samples[:11]
+    passes = []
+    for strategy in (training.get_strategy(), training.get_strategy("mirrored")):
+        with strategy.scope():
+            frozen = models.build_complete_model(*training.load_base_models(os.path.dirname(base_models)))
+        cache = training.FeatureCache(str(tmp_path), frozen, source, 32, 4, strategy=strategy, write=False)
+        passes.append(cache.features(samples))
+    (one, one_paths), (two, two_paths) = passes
+    assert one.shape == (11, *one.shape[1:]) and one_paths == two_paths == [s.path for s in samples]
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)

@@ -84,3 +84,35 @@ def test_resizing_the_8_bit_image_equals_resizing_its_float_copy(small_corpus):
     fast = pipelines.decode_and_resize(encoded, 24)
     assert fast.dtype == tf.float32
     np.testing.assert_array_equal(fast.numpy(), pipelines.resize(pipelines.decode_image(encoded), 24).numpy())
+
+
+def _paths(ds, batches):
+    return [p.decode() for _, paths in ds.take(batches) for p in paths.numpy()]
+
+
+def test_workers_read_only_their_slices_which_together_are_the_one_device_batches(small_corpus):
+    """A multi-worker training stream (``share``): worker k of 2 reads elements [k*B/2, (k+1)*B/2)
+    of every one-device global batch, and nothing else, so the global batches (and the loss
+    curve) do not change while each worker decodes half the images. TensorFlow must not shard
+    such a stream again (OFF); shared pipelines keep DATA."""
+    samples = corpus_lib.scan_corpus(small_corpus).samples
+    source, batch = pipelines.FolderSource(small_corpus), 6
+    make = lambda share: pipelines.image_dataset(source, samples, 8, batch, shuffle_seed=3, with_paths=True,
+                                                 share=share)
+    one = _paths(make(None), 8)
+    workers = [_paths(make((2, k)), 4) for k in range(2)]  # 4 global-sized batches = 8 steps' slices
+    half = batch // 2
+    for step in range(8):
+        assert one[step * batch:(step + 1) * batch] == sum((w[step * half:(step + 1) * half] for w in workers), [])
+    policy = tf.data.experimental.AutoShardPolicy
+    assert make((2, 0)).options().experimental_distribute.auto_shard_policy == policy.OFF
+    assert make(None).options().experimental_distribute.auto_shard_policy == policy.DATA
+
+
+def test_with_cached_images_each_worker_caches_its_own_half(small_corpus):
+    samples = corpus_lib.scan_corpus(small_corpus).samples
+    source = pipelines.FolderSource(small_corpus)
+    halves = [set(_paths(pipelines.image_dataset(source, samples, 8, 4, shuffle_seed=3, with_paths=True, cache=True,
+                                                 share=(2, k)), 2 * len(samples) // 4)) for k in range(2)]
+    assert not halves[0] & halves[1] and halves[0] | halves[1] == {s.path for s in samples}
+    assert abs(len(halves[0]) - len(halves[1])) <= 1

@@ -57,6 +57,11 @@ def test_tfds_source_reads_a_subset_across_splits_and_shuffles_with_a_seed(prepa
     read = lambda seed: [p.decode() for p, _ in source.encoded(subset, shuffle_seed=seed).as_numpy_iterator()]
     assert sorted(read(None)) == sorted(s.path for s in subset)
     assert read(5) == read(5) and sorted(read(5)) == sorted(read(None))
+    halves = [[p.decode() for p, _ in source.encoded(
+        subset, shuffle_seed=5, select=lambda ds: pipelines.worker_slices(ds, (2, k), 4)).as_numpy_iterator()]
+        for k in range(2)]  # two workers' shares: disjoint, together the whole shuffled pass
+    assert not set(halves[0]) & set(halves[1]) and sorted(halves[0] + halves[1]) == sorted(read(5))
+    assert halves[0][:2] + halves[1][:2] == read(5)[:4]
 
 
 @pytest.mark.slow

@@ -57,16 +57,20 @@ class FolderSource:
     def __init__(self, root: str):
         self.root = root
 
-    def encoded(self, samples: Sequence[Sample], shuffle_seed: int | None = None) -> tf.data.Dataset:
+    def encoded(self, samples: Sequence[Sample], shuffle_seed: int | None = None,
+                select: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None) -> tf.data.Dataset:
         """``(path, bytes)`` in sample order, or, given a seed, ``seeded_passes`` over the samples.
 
-        Paths are ordered before any file is read, so no shuffle buffer holds images.
+        Paths are ordered before any file is read, so no shuffle buffer holds images; ``select``
+        picks from the ordered paths (a worker's share) before they are read.
         """
         paths = tf.constant([s.path for s in samples], tf.string)
         if shuffle_seed is None:
             order = tf.data.Dataset.from_tensor_slices(paths)
         else:
             order = seeded_passes(len(samples), shuffle_seed).map(lambda i: tf.gather(paths, i))
+        if select is not None:
+            order = select(order)
         root = self.root.rstrip("/") + "/"
         return order.map(lambda p: (p, tf.io.read_file(root + p)), num_parallel_calls=AUTOTUNE)
 
@@ -93,10 +97,27 @@ def _lookup(samples: Sequence[Sample], values: Sequence, dtype) -> tf.lookup.Sta
                                      default_value=tf.constant(-1, dtype))
 
 
+def worker_slices(ds: tf.data.Dataset, share: tuple[int, int], batch_size: int) -> tf.data.Dataset:
+    """Worker ``index`` of ``workers``: its slice of every global batch of the flat stream ``ds``.
+
+    Worker k of W takes elements ``[k*B/W, (k+1)*B/W)`` of each batch of B, so at every step the
+    workers' slices together are the one-device global batch (the loss curve stays the same)
+    while each worker reads and decodes only its own images.
+    """
+    workers, index = share
+    size = batch_size // workers
+
+    def take(*batch):
+        return tf.nest.map_structure(lambda t: t[index * size:(index + 1) * size], batch)
+
+    return ds.batch(batch_size).map(take).unbatch()
+
+
 def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size: int, *,
                   targets: Sequence[int] | None = None, weights: Sequence[float] | None = None,
                   shuffle_seed: int | None = None, transform: Callable | None = None,
-                  with_paths: bool = False, cache: bool = False, repeat: bool = False) -> tf.data.Dataset:
+                  with_paths: bool = False, cache: bool = False, repeat: bool = False,
+                  share: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Batches of ``(images, targets[, weights])``, or ``(images, paths)`` with ``with_paths``.
 
     Without ``shuffle_seed``: one pass in sample order. With it (training): an endless stream of
@@ -105,8 +126,16 @@ def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size
     (``ignore_errors``) rather than stopping a run; corpus scans already removed the ones a
     header check can find. ``cache`` keeps the resized images of one pass in memory and then
     shuffles them in a seeded buffer (only without a transform, which may be random).
+
+    ``share=(workers, index)`` (a multi-worker training stream) reads only this worker's images:
+    its ``worker_slices`` of the seeded stream, or with ``cache`` every ``workers``-th sample
+    (shuffled after the cache, so the global batches then differ from one device's). Batches
+    stay global-sized; the strategy splits them among the worker's replicas (``per_worker``).
     """
-    ds = source.encoded(samples, shuffle_seed=None if cache else shuffle_seed)
+    select = None
+    if share is not None:
+        select = (lambda ds: ds.shard(*share)) if cache else (lambda ds: worker_slices(ds, share, batch_size))
+    ds = source.encoded(samples, shuffle_seed=None if cache else shuffle_seed, select=select)
     target_table = _lookup(samples, targets, tf.int32) if targets is not None else None
     weight_table = _lookup(samples, weights, tf.float32) if weights is not None else None
 
@@ -126,18 +155,21 @@ def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size
             ds = ds.repeat().shuffle(min(len(samples), 4096), seed=shuffle_seed, reshuffle_each_iteration=False)
     if repeat:
         ds = ds.repeat()
-    return shard_by_data(ds.batch(batch_size).prefetch(AUTOTUNE))
+    return per_worker(ds.batch(batch_size).prefetch(AUTOTUNE), share is not None)
 
 
-def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Tell a multi-worker strategy to shard ``ds`` by element (each worker keeps its batches).
+def per_worker(ds: tf.data.Dataset, sharded: bool) -> tf.data.Dataset:
+    """Tell a multi-worker strategy how ``ds`` is split among workers (one machine: ignored).
 
-    Our sources are lists of paths read with ``tf.io.read_file``, not reader datasets, so
-    TensorFlow's default (try sharding by file) cannot apply: it would warn and fall back to
-    this anyway. Single-machine strategies ignore the option.
+    ``sharded``: ``ds`` already holds only this worker's images (``share``), so the worker keeps
+    every batch (``AutoShardPolicy.OFF``); each global-sized batch then feeds its replicas for
+    ``workers`` steps. Otherwise every worker runs the whole pipeline and keeps its slice of
+    each batch (``DATA``): our sources are lists of paths read with ``tf.io.read_file``, not
+    reader datasets, so TensorFlow's default (shard by file) would warn and do this anyway.
     """
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.OFF if sharded else policy.DATA
     return ds.with_options(options)
 
 

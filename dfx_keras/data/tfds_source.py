@@ -11,7 +11,7 @@ import the builder; prepare with ``tfds build datasets/dfx_corpus --manual_dir=C
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -88,7 +88,10 @@ class TfdsSource:
     def __init__(self, splits: dict[str, TfdsSplit]):
         self.splits = splits
 
-    def encoded(self, samples: Sequence[Sample], shuffle_seed: int | None = None) -> tf.data.Dataset:
+    def encoded(self, samples: Sequence[Sample], shuffle_seed: int | None = None,
+                select: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None) -> tf.data.Dataset:
+        """``(file_name, encoded image)``: one pass in record order, shuffled given a seed;
+        ``select`` picks from the records (a worker's share) before they reach the decoder."""
         keys = tf.constant([s.path for s in samples], tf.string)
         wanted = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(keys, tf.ones(len(samples), tf.int32)), default_value=0)
@@ -98,7 +101,7 @@ class TfdsSource:
         ds = ds.map(lambda ex: (ex["file_name"], ex["image"]), num_parallel_calls=tf.data.AUTOTUNE)
         if shuffle_seed is not None:
             ds = ds.shuffle(min(len(samples), self.SHUFFLE_BUFFER), seed=shuffle_seed, reshuffle_each_iteration=True)
-        return ds
+        return select(ds) if select is not None else ds
 
 
 def open_tfds(spec: str) -> tuple[Corpus, TfdsSource]:
