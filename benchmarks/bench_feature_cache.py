@@ -35,6 +35,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.python.profiler import model_analyzer, option_builder  # noqa: E402
 
 from datasets.dfx_corpus.synthetic import write_table_corpus  # noqa: E402
 from dfx_keras import models, training  # noqa: E402
@@ -117,6 +119,28 @@ def warm_feature_pass(workdir: str, corpus, source, args) -> np.ndarray:
     return clock() - start
 
 
+def forward_macs(model: keras.Model) -> float:
+    """Multiply-accumulates of one image's forward pass (TensorFlow's graph profiler)."""
+    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
+    options = {**option_builder.ProfileOptionBuilder.float_operation(), "output": "none"}
+    tf.get_logger().setLevel("ERROR")  # the profiler's TF1 deprecation notices
+    return model_analyzer.profile(graph, options=options).total_float_ops / 2
+
+
+def flop_ceiling(base_models: str) -> tuple[float, float, float, float]:
+    """The ratios arithmetic alone allows, on any hardware: (backbone GMAC, head GMAC, per epoch,
+    50 epochs). Per image, an end-to-end epoch costs three backbone forward passes plus a head
+    training step (~3 forward passes: forward, input and weight gradients); a cached epoch the
+    head step only; the feature pass the three backbones once. Image decoding is left out."""
+    base = models.load_model(os.path.join(base_models, f"{models.base_model_name(CLASS_NAMES[0])}.keras"))
+    features = base.get_layer(models.FEATURES_LAYER).output
+    backbones = 3 * forward_macs(keras.Model(base.input, features))
+    head = 3 * forward_macs(models.build_head(features.shape[-1]))
+    return (backbones / 3e9, head / 3e9, (backbones + head) / head,
+            EPOCHS_TO_EXTRAPOLATE * (backbones + head) / (backbones + EPOCHS_TO_EXTRAPOLATE * head))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=150, help="corpus size; 40%% of it is the complete pool")
@@ -156,6 +180,10 @@ def main() -> None:
     print(f"end to end / cached, {EPOCHS_TO_EXTRAPOLATE} epochs, at corpus scale: {at_scale[0]:.1f}x "
           f"(CPU time {at_scale[1]:.1f}x)")
     print(f"steady epoch, end to end / cached: {per_epoch[0]:.1f}x (CPU time {per_epoch[1]:.1f}x)")
+    backbone, head, epoch_ceiling, run_ceiling = flop_ceiling(base_models)
+    print(f"arithmetic ceiling: backbone {backbone:.3f} GMAC and head {head:.3f} GMAC forward per image, so "
+          f"end to end / cached <= {epoch_ceiling:.1f}x per epoch and {run_ceiling:.1f}x for "
+          f"{EPOCHS_TO_EXTRAPOLATE} epochs in multiply-adds")
     print(f"load average after: {os.getloadavg()}")
 
 
