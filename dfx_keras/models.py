@@ -119,7 +119,22 @@ def head_of(complete: keras.Model) -> keras.Model:
 
 
 def load_model(path: str) -> keras.Model:
-    """Load a ``.keras`` file of this project with ``safe_mode=True`` (no Lambda, no pickles)."""
-    from dfx_keras import optimizers  # noqa: F401  registers the optimizer for compiled files
+    """Load a ``.keras`` file of this project with ``safe_mode=True`` (no Lambda, no pickles).
 
-    return keras.models.load_model(path, safe_mode=True)
+    Uncompiled: loaded models are frozen parts, evaluated or exported, never trained further
+    (interrupted training resumes from its ``BackupAndRestore`` state). Compiling a
+    ``mixed_float16`` model rebuilds its loss-scale optimizer as a plain one and warns that it
+    skipped the saved optimizer's variables.
+    """
+    from dfx_keras import optimizers  # noqa: F401  registers the optimizer: nested models may be compiled
+
+    return keras.models.load_model(path, safe_mode=True, compile=False)
+
+
+def uncompiled_copy(model: keras.Model) -> keras.Model:
+    """``model``'s layers and weights without its training state, for nesting in a model that
+    is saved: a nested compiled model brings its compile settings and optimizer into the file,
+    and loading compiles it again (``compile=False`` applies to the outer model only)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy

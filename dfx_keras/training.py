@@ -521,7 +521,7 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         head, summary = fit("complete", lambda: models.build_head(feature_dim), train_ds, val_ds, cfg, strategy,
                             len(train))
         with strategy.scope():
-            complete = models.build_complete_model(*load_base_models(cfg.workdir), head=head)
+            complete = models.build_complete_model(*load_base_models(cfg.workdir), head=models.uncompiled_copy(head))
     else:
         train_ds = training_dataset(cfg, source, train, image_size, [s.label for s in train], sample_weights,
                                     share=worker_share(strategy))

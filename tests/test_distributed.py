@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -182,7 +183,12 @@ def test_mixed_precision_trains_with_float32_logits_and_loss(tmp_path, corpus32,
         assert np.isfinite(training.train_base_model(cfg, corpus, source, name, strategy)["val_loss"])
     assert np.isfinite(training.train_complete_model(cfg, corpus, source, strategy)["val_loss"])
     assert keras.mixed_precision.global_policy().name == "float32"
-    complete = models.load_model(cfg.path("models", "complete.keras"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keras.models.load_model(cfg.path("models", "bm_dm.keras"))  # compiled, as Keras does by default
+        complete = models.load_model(cfg.path("models", "complete.keras"))
+    skipped = [str(w.message) for w in caught if "Skipping variable loading for optimizer" in str(w.message)]
+    assert len(skipped) == (precision == "mixed_float16")  # Keras' surprise; models.load_model avoids it
     conv = models.head_of(complete).get_layer("conv1")
     assert conv.dtype_policy.name == precision and conv.compute_dtype != "float32"
     images, labels = next(iter(pipelines.image_dataset(source, corpus.samples[:4], 32, 4,
