@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,19 +70,11 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def one_round(corpus: str, mode: str, steps: int) -> dict:
     """Both workers of one run; global images/s (the chief's clock) and CPU ms per image (both)."""
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    from dfx_keras import training
+
+    cluster = training.localhost_cluster(2)
     workers = [subprocess.Popen(
         [sys.executable, __file__, "--worker", f"--mode={mode}", f"--corpus={corpus}", f"--steps={steps}"],
         env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},

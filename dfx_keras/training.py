@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from typing import Callable, Iterator, Sequence
@@ -129,6 +130,19 @@ def cluster_share(resolver: tf.distribute.cluster_resolver.ClusterResolver) -> t
     if workers < 2:
         return None
     return workers, 0 if resolver.task_type == "chief" else chiefs + resolver.task_id
+
+
+def localhost_cluster(workers: int) -> dict[str, list[str]]:
+    """A TF_CONFIG ``cluster`` of ``workers`` workers on free localhost ports, to run the
+    multi-worker strategy on one machine (its tests and benchmark). The ports are bound to 0
+    and released for the workers to take."""
+    sockets = [socket.socket() for _ in range(workers)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return {"worker": [f"localhost:{port}" for port in ports]}
 
 
 def prepare_corpus(data_dir: str, workdir: str, write_split: bool = True) -> corpus_lib.Corpus:

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import warnings
@@ -207,17 +206,6 @@ def test_jit_compile_trains_a_stage_on_one_device(tmp_path, corpus32):
     assert np.isfinite(training.train_base_model(cfg, corpus, source, "real", training.get_strategy())["val_loss"])
 
 
-def _free_ports(count):
-    """Ports the OS reports free (bound to port 0, then released for the workers to take)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_path, corpus32):
     """``--strategy=multi_worker`` with TF_CONFIG: two train.py processes run every stage in
@@ -227,7 +215,7 @@ def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_pa
     one-device loss."""
     corpus, source = corpus32
     work = tmp_path / "work"
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    cluster = training.localhost_cluster(2)
     workers = []
     for index in range(2):
         scratch = tmp_path / f"tmp{index}"
