@@ -52,7 +52,7 @@ ARCHITECTURES = {
 # "unspecified" labels images lying directly in a class folder (as the folder reader does).
 ARCHITECTURE_NAMES = (*(a for c in CLASS_NAMES for a in ARCHITECTURES[c]), corpus.UNSPECIFIED_ARCHITECTURE)
 # Split of each pool, indexed by corpus.pool_of's value.
-SPLIT_NAMES = ("train_base", "train_complete", "test")
+SPLIT_NAMES = corpus.SPLIT_NAMES
 BEAM_NAMESPACE = "dfx_corpus"
 # Pillow's decompression-bomb limit as set by importing corpus; Beam workers do not import
 # corpus, so encode_png sets it again there, keeping plain and Beam preparation alike.
@@ -140,7 +140,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     check_architectures(samples)
     pools = {name: [] for name in SPLIT_NAMES}
     for sample in samples:
-      pools[SPLIT_NAMES[corpus.pool_of(sample.path)]].append(sample)
+      pools[SPLIT_NAMES[sample.pool]].append(sample)
     return {name: self._generate_examples(dl_manager.manual_dir, pool) for name, pool in pools.items()}
 
   def _generate_examples(self, root: epath.Path, samples: list[corpus.Sample]):

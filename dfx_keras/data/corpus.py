@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import hashlib
 import os
 from collections import Counter, defaultdict
@@ -26,6 +27,8 @@ from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 POOL_SHARES = (0.4, 0.4, 0.2)  # base models, complete model, test
 BASE_POOL, COMPLETE_POOL, TEST_POOL = range(3)
+# The tfds split of each pool, indexed by pool (the builder and the tfds reader share it).
+SPLIT_NAMES = ("train_base", "train_complete", "test")
 UNSPECIFIED_ARCHITECTURE = "unspecified"
 SPLIT_COLUMNS = ("label", "image_path", "model")
 
@@ -45,8 +48,10 @@ class Sample:
     label: int
     architecture: str
 
-    @property
+    @functools.cached_property
     def pool(self) -> int:
+        """Computed once per sample (cached in the instance dict: not a field, so it takes no
+        part in ==, hash or repr)."""
         return pool_of(self.path)
 
 
@@ -80,8 +85,22 @@ def pool_of(relpath: str) -> int:
     return BASE_POOL if u < POOL_SHARES[0] else COMPLETE_POOL if u < POOL_SHARES[0] + POOL_SHARES[1] else TEST_POOL
 
 
+def image_files(folder: str) -> list[str]:
+    """Image files under ``folder`` as POSIX paths relative to it, in walk order: each folder's
+    files sorted by name, then its subfolders sorted by name (not a plain sort by path)."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, folder)
+        for filename in sorted(filenames):
+            if filename.lower().endswith(IMAGE_EXTENSIONS):
+                rel = filename if rel_dir == "." else os.path.join(rel_dir, filename)
+                files.append(rel.replace(os.sep, "/"))
+    return files
+
+
 def list_images(root: str) -> list[Sample]:
-    """All image files under the three class folders, sorted by path; no file is opened.
+    """All image files under the three class folders, in walk order (``image_files``); no file is opened.
 
     Raises CorpusError naming what is missing when the layout is wrong.
     """
@@ -95,15 +114,9 @@ def list_images(root: str) -> list[Sample]:
             f"{', '.join(CLASS_NAMES)} each holding one folder per architecture (found: {found or 'none'})")
     samples = []
     for label, name in enumerate(CLASS_NAMES):
-        class_dir = os.path.join(root, name)
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, class_dir)
-            architecture = UNSPECIFIED_ARCHITECTURE if rel_dir == "." else rel_dir.split(os.sep)[0]
-            for filename in sorted(filenames):
-                if filename.lower().endswith(IMAGE_EXTENSIONS):
-                    rel = os.path.relpath(os.path.join(dirpath, filename), root).replace(os.sep, "/")
-                    samples.append(Sample(rel, label, architecture))
+        for rel in image_files(os.path.join(root, name)):
+            folder, sep, _ = rel.partition("/")
+            samples.append(Sample(f"{name}/{rel}", label, folder if sep else UNSPECIFIED_ARCHITECTURE))
     if not samples:
         raise CorpusError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}/{{{','.join(CLASS_NAMES)}}}")
     return samples
@@ -138,7 +151,7 @@ def scan_corpus(root: str, check: bool = True, workers: int | None = None) -> Co
         return Corpus(root, samples)
     paths = [os.path.join(root, *s.path.split("/")) for s in samples]
     with concurrent.futures.ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        errors = list(pool.map(check_image, paths, chunksize=64))
+        errors = list(pool.map(check_image, paths))
     kept, skipped = [], []
     for sample, error in zip(samples, errors):
         if error is None:
@@ -243,12 +256,6 @@ def balanced_sample(samples: Sequence[Sample], per_class: int | None, seed: int,
     for i, m in enumerate(members):
         out.extend(_first_by_hash(m, min(n, len(m)), f"balanced-{seed}-{i}"))
     return sorted(out, key=lambda s: s.path)
-
-
-def composition(samples: Iterable[Sample]) -> dict[str, int]:
-    """Counts per class name, for logs and reports."""
-    counts = Counter(s.label for s in samples)
-    return {name: counts[i] for i, name in enumerate(CLASS_NAMES)}
 
 
 def fraction_others(samples: Sequence[Sample], main_class: int) -> float:

@@ -19,7 +19,8 @@ from dfx_keras.data.corpus import Sample
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _decode_uint8(encoded: tf.Tensor) -> tf.Tensor:
+def decode_uint8(encoded: tf.Tensor) -> tf.Tensor:
+    """PNG/JPEG/BMP/GIF(first frame)/WebP bytes -> uint8 (H, W, 3) RGB."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
     return image
@@ -31,7 +32,7 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     Grayscale, palette, RGBA (alpha dropped), 16-bit (scaled to 8-bit) and CMYK JPEG all come
     out as 8-bit RGB; ``tf.io.decode_image`` does the conversions.
     """
-    return tf.cast(_decode_uint8(encoded), tf.float32)
+    return tf.cast(decode_uint8(encoded), tf.float32)
 
 
 def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -47,7 +48,7 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int, transform: Callable |
     out): resizing a float32 copy of a full-size image made the training pipeline 1.7x slower.
     """
     if transform is None:
-        return resize(_decode_uint8(encoded), image_size)
+        return resize(decode_uint8(encoded), image_size)
     return resize(transform(decode_image(encoded)), image_size)
 
 
@@ -91,7 +92,8 @@ def seeded_passes(count: int, seed: int) -> tf.data.Dataset:
     return tf.data.Dataset.counter().flat_map(one_pass)
 
 
-def _lookup(samples: Sequence[Sample], values: Sequence, dtype) -> tf.lookup.StaticHashTable:
+def lookup_table(samples: Sequence[Sample], values: Sequence, dtype) -> tf.lookup.StaticHashTable:
+    """A table from each sample's path to its value (``dtype``); -1 for any other path."""
     keys = tf.constant([s.path for s in samples], tf.string)
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.constant(values, dtype)),
                                      default_value=tf.constant(-1, dtype))
@@ -136,8 +138,8 @@ def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size
     if share is not None:
         select = (lambda ds: ds.shard(*share)) if cache else (lambda ds: worker_slices(ds, share, batch_size))
     ds = source.encoded(samples, shuffle_seed=None if cache else shuffle_seed, select=select)
-    target_table = _lookup(samples, targets, tf.int32) if targets is not None else None
-    weight_table = _lookup(samples, weights, tf.float32) if weights is not None else None
+    target_table = lookup_table(samples, targets, tf.int32) if targets is not None else None
+    weight_table = lookup_table(samples, weights, tf.float32) if weights is not None else None
 
     def load(path, encoded):
         image = decode_and_resize(encoded, image_size, transform)

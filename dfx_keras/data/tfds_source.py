@@ -16,11 +16,10 @@ from typing import Callable, NamedTuple, Sequence
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dfx_keras.data.corpus import Corpus, Sample, pool_of
+from dfx_keras.data import pipelines
+from dfx_keras.data.corpus import SPLIT_NAMES, Corpus, Sample
 
 SPEC_PREFIX = "tfds:"
-# The builder's split of each corpus pool (0 base models, 1 complete model, 2 test).
-POOL_SPLITS = {0: "train_base", 1: "train_complete", 2: "test"}
 
 
 class TfdsSplit(NamedTuple):
@@ -92,10 +91,8 @@ class TfdsSource:
                 select: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None) -> tf.data.Dataset:
         """``(file_name, encoded image)``: one pass in record order, shuffled given a seed;
         ``select`` picks from the records (a worker's share) before they reach the decoder."""
-        keys = tf.constant([s.path for s in samples], tf.string)
-        wanted = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(keys, tf.ones(len(samples), tf.int32)), default_value=0)
-        splits = [self.splits[POOL_SPLITS[pool]].dataset for pool in sorted({pool_of(s.path) for s in samples})]
+        wanted = pipelines.lookup_table(samples, [1] * len(samples), tf.int32)
+        splits = [self.splits[SPLIT_NAMES[pool]].dataset for pool in sorted({s.pool for s in samples})]
         ds = functools.reduce(tf.data.Dataset.concatenate, splits)
         ds = ds.filter(lambda ex: wanted.lookup(ex["file_name"]) > 0)
         ds = ds.map(lambda ex: (ex["file_name"], ex["image"]), num_parallel_calls=tf.data.AUTOTUNE)
