@@ -43,7 +43,8 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     return cm
 
 
-def _safe_div(a, b):
+def safe_div(a, b):
+    """``a / b`` as float64, 0 where ``b`` is 0 (undefined scores count 0)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
@@ -51,9 +52,9 @@ def _safe_div(a, b):
 def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Precision, recall and F1 of every class; 0 where undefined (scikit-learn's zero_division=0)."""
     tp = np.diag(cm)
-    precision = _safe_div(tp, cm.sum(axis=0))
-    recall = _safe_div(tp, cm.sum(axis=1))
-    f1 = _safe_div(2 * precision * recall, precision + recall)
+    precision = safe_div(tp, cm.sum(axis=0))
+    recall = safe_div(tp, cm.sum(axis=1))
+    f1 = safe_div(2 * precision * recall, precision + recall)
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
@@ -278,10 +279,9 @@ def bytes_dataset(source, samples: Sequence[corpus_lib.Sample], batch_size: int,
     from dfx_keras.data import pipelines
 
     def load(path, encoded):
-        image = pipelines.decode_image(encoded)
         if transform is not None:
-            return tf.io.encode_png(tf.cast(transform(image), tf.uint8)), path
-        with tf.control_dependencies([image]):
+            return tf.io.encode_png(tf.cast(transform(pipelines.decode_image(encoded)), tf.uint8)), path
+        with tf.control_dependencies([pipelines.decode_uint8(encoded)]):  # the check: no float32 copy
             return tf.identity(encoded), path
 
     ds = source.encoded(samples).map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
@@ -350,14 +350,13 @@ def raw_protocol(classifier: Classifier, source, samples: Sequence[corpus_lib.Sa
 
 
 def robustness_protocol(classifier: Classifier, source, samples: Sequence[corpus_lib.Sample], batch_size: int,
-                        seed: int, attacks: Mapping[str, Callable] | None = None
-                        ) -> tuple[dict, dict[str, Predictions]]:
+                        seed: int) -> tuple[dict, dict[str, Predictions]]:
     """Every attack applied on the fly to each original-resolution test image, before the
     resize; the balanced sets are drawn with the same seed, so attacks compare the same images."""
-    if attacks is None:
-        from dfx_keras.data.attacks import ATTACKS as attacks
+    from dfx_keras.data.attacks import ATTACKS
+
     blocks, predictions = {}, {}
-    for key, attack in attacks.items():
+    for key, attack in ATTACKS.items():
         blocks[key], predictions[key] = evaluate_pass(classifier, source, samples, batch_size, seed, attack,
                                                   description=f"{classifier.name}: {key}")
     return blocks, predictions
@@ -403,13 +402,9 @@ def generalization_sets(root: str) -> dict[str, list[corpus_lib.Sample]]:
 
 
 def _images_under(root: str, relative: str) -> list[str]:
-    """Image files under ``root/relative``, as sorted POSIX paths relative to ``root``."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, relative)):
-        dirnames.sort()
-        found.extend(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
-                     for f in sorted(filenames) if f.lower().endswith(corpus_lib.IMAGE_EXTENSIONS))
-    return found
+    """Image files under ``root/relative`` (a POSIX path), as POSIX paths relative to ``root``,
+    in ``corpus.image_files`` walk order."""
+    return [f"{relative}/{path}" for path in corpus_lib.image_files(os.path.join(root, relative))]
 
 
 def generalization_protocol(classifier: Classifier, root: str, batch_size: int

@@ -323,14 +323,15 @@ def read_metadata(export_path: str) -> dict:
         return json.load(f)
 
 
-def _write_extras(path: str, module: ServingModule, model_name: str, version: int, source: str | None) -> None:
+def _write_extras(path: str, module: ServingModule, model_name: str, version: int, source: str | None,
+                  source_sha256: str | None = None) -> None:
     extra = os.path.join(path, "assets.extra")
     os.makedirs(extra)
     metadata = {
         "model_name": model_name, "version": version, "max_pixels": module.max_pixels,
         "image_size": module.image_size, "class_names": list(CLASS_NAMES),
         "signatures": {SIGNATURE_BYTES: BYTES_INPUT, SIGNATURE_IMAGES: IMAGES_INPUT}, "outputs": list(OUTPUTS),
-        "source": source, "source_sha256": file_sha256(source) if source else None,
+        "source": source, "source_sha256": source_sha256 or (file_sha256(source) if source else None),
         "dfx_keras": __version__, "tensorflow": tf.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -340,13 +341,14 @@ def _write_extras(path: str, module: ServingModule, model_name: str, version: in
 
 
 def export_saved_model(model, export_root: str, model_name: str = "dfx", version: int | None = None,
-                       max_pixels: int = DEFAULT_MAX_PIXELS, source: str | None = None) -> str:
+                       max_pixels: int = DEFAULT_MAX_PIXELS, source: str | None = None,
+                       source_sha256: str | None = None) -> str:
     """Write ``export_root/model_name/<version>/`` and return its path.
 
     ``version`` None takes the next integer. The SavedModel is written to a hidden temporary
     folder in the same parent and renamed when complete, so TF Serving never loads half an
     export; an existing version is refused, never replaced. ``source``, the ``.keras`` file
-    the model came from, is recorded with its hash.
+    the model came from, is recorded with its hash (``source_sha256`` when the caller has it).
     """
     model_dir = os.path.join(export_root, model_name)
     os.makedirs(model_dir, exist_ok=True)
@@ -361,7 +363,7 @@ def export_saved_model(model, export_root: str, model_name: str = "dfx", version
     try:
         module = ServingModule(model, max_pixels)
         tf.saved_model.save(module, tmp, signatures=module.signatures())
-        _write_extras(tmp, module, model_name, version, source)
+        _write_extras(tmp, module, model_name, version, source, source_sha256)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -376,19 +378,21 @@ def export_workdir(workdir: str, export_dir: str | None = None, model_name: str 
     ``reuse`` (train.py) returns the newest export instead when it was made from the same
     model file and pixel limit, so rerunning a finished training does not pile up copies.
     """
-    from dfx_keras import models
-
     model_path = model_path or os.path.join(workdir, "models", "complete.keras")
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"no model to export: {model_path} (train the complete model first)")
     model_dir = os.path.join(export_dir or os.path.join(workdir, "export"), model_name)
-    if reuse and version is None and versions(model_dir):
-        latest = os.path.join(model_dir, str(versions(model_dir)[-1]))
+    sha256 = file_sha256(model_path)
+    existing = versions(model_dir) if reuse and version is None else []
+    if existing:
+        latest = os.path.join(model_dir, str(existing[-1]))
         recorded = read_metadata(latest)
-        if recorded.get("source_sha256") == file_sha256(model_path) and recorded.get("max_pixels") == max_pixels:
+        if recorded.get("source_sha256") == sha256 and recorded.get("max_pixels") == max_pixels:
             return latest
-    return export_saved_model(models.load_model(model_path), os.path.dirname(model_dir), model_name, version,
-                              max_pixels, source=os.path.abspath(model_path))
+    from dfx_keras import models
+
+    return export_saved_model(models.load_model(model_path), os.path.dirname(model_dir), model_name, version, max_pixels,
+                              source=os.path.abspath(model_path), source_sha256=sha256)
 
 
 # --- command line ---------------------------------------------------------------------------------

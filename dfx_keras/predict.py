@@ -19,10 +19,10 @@ import re
 import sys
 from typing import Callable, Iterable, Sequence
 
-
 from dfx_keras.classes import CLASS_NAMES
+from dfx_keras.data import corpus
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (*corpus.IMAGE_EXTENSIONS, ".gif")  # the serving signature also decodes GIF
 CSV_COLUMNS = ("file", "class", *(f"p_{name}" for name in CLASS_NAMES), "fake_score", "error")
 
 
@@ -46,10 +46,12 @@ def resolve_model(path: str) -> str:
     """A SavedModel folder, or a TF Serving model folder (``E/dfx``): its newest version."""
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path
-    versions = sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
-    if not versions:
+    from dfx_keras.export import versions  # imports TensorFlow: not at module level
+
+    found = versions(path)
+    if not found:
         raise FileNotFoundError(f"no SavedModel at {path} (expected saved_model.pb or version folders 1, 2, ...)")
-    return os.path.join(path, str(versions[-1]))
+    return os.path.join(path, str(found[-1]))
 
 
 def list_images(paths: Sequence[str]) -> list[str]:

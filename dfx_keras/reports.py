@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from dfx_keras.classes import CLASS_NAMES
-from dfx_keras.evaluation import BASELINE, label_name
+from dfx_keras.evaluation import BASELINE, label_name, safe_div
 
 RESULTS_JSON, RESULTS_MD, PREDICTIONS_CSV = "results.json", "results.md", "predictions.csv"
 CONFUSION_PNG, ATTACKS_PNG = "confusion_matrix{suffix}.png", "accuracy_vs_attack.png"
@@ -108,8 +108,7 @@ def _figure(height: float, columns: int):
 def plot_confusion(path: str, cm: Sequence[Sequence[int]], title: str) -> str:
     """Counts and row-normalised (recall per true class) confusion matrices, side by side."""
     cm = np.asarray(cm, np.int64)
-    rows = cm.sum(axis=1, keepdims=True)
-    normalised = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    normalised = safe_div(cm, cm.sum(axis=1, keepdims=True))
     fig, axes = _figure(4.6, 2)
     for ax, values, kind, fmt in ((axes[0], cm, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
         image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
