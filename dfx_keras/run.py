@@ -23,14 +23,16 @@ def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus:
         from dfx_keras.data import tfds_source
 
         corpus, source = tfds_source.open_tfds(data)
-        if write_split:
-            corpus_lib.write_split_csv(corpus.samples, cfg.path("split.csv"))
-        return corpus, source
-    if make_demo_corpus:
-        from dfx_keras.data import demo
+    else:
+        if make_demo_corpus:
+            from dfx_keras.data import demo
 
-        demo.ensure_demo_corpus(data_dir)
-    return training.prepare_corpus(data_dir, cfg.workdir, write_split), pipelines.folder_source(data_dir)
+            demo.ensure_demo_corpus(data_dir)
+        corpus, source = corpus_lib.scan_corpus(data_dir), pipelines.folder_source(data_dir)
+    if write_split:  # the reference's guidance.csv
+        os.makedirs(cfg.workdir, exist_ok=True)
+        corpus_lib.write_split_csv(corpus.samples, cfg.path("split.csv"))
+    return corpus, source
 
 
 def recorded_data_flags(workdir: str) -> dict[str, str]:

@@ -145,29 +145,24 @@ def localhost_cluster(workers: int) -> dict[str, list[str]]:
     return {"worker": [f"localhost:{port}" for port in ports]}
 
 
-def prepare_corpus(data_dir: str, workdir: str, write_split: bool = True) -> corpus_lib.Corpus:
-    """Scan and check the corpus, and write ``split.csv`` (the reference's guidance.csv)."""
-    corpus = corpus_lib.scan_corpus(data_dir)
-    if write_split:
-        os.makedirs(workdir, exist_ok=True)
-        corpus_lib.write_split_csv(corpus.samples, os.path.join(workdir, "split.csv"))
-    return corpus
-
-
 # --- fitting ---------------------------------------------------------------------------------
+
+def _validated_epochs(csv_path: str) -> list[dict]:
+    """The CSVLogger rows that have a validation loss (none before a stage's first epoch)."""
+    if not os.path.exists(csv_path):
+        return []
+    with open(csv_path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("val_loss")]
+
 
 def _best_val_loss(csv_path: str) -> float:
     """Lowest val_loss logged so far, so a resumed run keeps the right best checkpoint."""
-    if not os.path.exists(csv_path):
-        return np.inf
-    with open(csv_path, newline="") as f:
-        losses = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
-    return min(losses, default=np.inf)
+    return min((float(r["val_loss"]) for r in _validated_epochs(csv_path)), default=np.inf)
 
 
 def _clear_stage_state(cfg: TrainConfig, name: str) -> None:
-    """Forget a previous run of a stage (for --overwrite or a fresh start)."""
-    shutil.rmtree(cfg.path("backup", name), ignore_errors=True)
+    """Forget the logs and best checkpoint of a finished earlier run of a stage, before a fresh
+    (not resumed) run, e.g. under --overwrite."""
     shutil.rmtree(cfg.path("logs", name), ignore_errors=True)
     for path in (cfg.path("logs", f"{name}.csv"), cfg.path("checkpoints", f"{name}.best.weights.h5")):
         if os.path.exists(path):
@@ -357,8 +352,7 @@ def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, 
 
 
 def _best_epoch_summary(csv_path: str) -> dict:
-    with open(csv_path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val_loss")]
+    rows = _validated_epochs(csv_path)
     best = min(rows, key=lambda r: float(r["val_loss"]))
     return {"epochs": len(rows), "best_epoch": int(best["epoch"]) + 1, "val_loss": float(best["val_loss"]),
             "val_accuracy": float(best["val_accuracy"]), "train_accuracy": float(best["accuracy"])}
@@ -397,7 +391,7 @@ def _record(cfg: TrainConfig, name: str, summary: dict, chief: bool = True) -> d
     if not chief:
         return summary
     path = cfg.path("logs", "stages.json")
-    stages = json.load(open(path)) if os.path.exists(path) else {}
+    stages = stage_summaries(cfg.workdir)
     stages[name] = summary
     with open(path + ".tmp", "w") as f:
         json.dump(stages, f, indent=2)
@@ -407,7 +401,10 @@ def _record(cfg: TrainConfig, name: str, summary: dict, chief: bool = True) -> d
 
 def stage_summaries(workdir: str) -> dict:
     path = os.path.join(workdir, "logs", "stages.json")
-    return json.load(open(path)) if os.path.exists(path) else {}
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def _skip(cfg: TrainConfig, model_path: str) -> bool:
@@ -489,9 +486,21 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
 
 def complete_split(corpus: corpus_lib.Corpus, val_fraction: float):
     """Pool 1 split for the complete model and its class weights (1 - share)."""
-    train, val = corpus_lib.balanced_holdout(corpus.pool(corpus_lib.COMPLETE_POOL), val_fraction, salt="val-complete")
+    pool = corpus.pool(corpus_lib.COMPLETE_POOL)
+    train, val = corpus_lib.balanced_holdout(pool, val_fraction, salt="val-complete")
     check_sizes("complete", train, val)
-    return train, val, corpus_lib.class_weights(corpus.pool(corpus_lib.COMPLETE_POOL))
+    return train, val, corpus_lib.class_weights(pool)
+
+
+def complete_pool_datasets(cfg: TrainConfig, source, train: Sequence[corpus_lib.Sample],
+                           val: Sequence[corpus_lib.Sample], weights: dict[int, float], image_size: int,
+                           strategy: tf.distribute.Strategy) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Pool-1 image batches (the complete model end to end, and the baseline): class-weighted
+    training images, this worker's share of them, and the validation images."""
+    train_ds = training_dataset(cfg, source, train, image_size, [s.label for s in train],
+                                [weights[s.label] for s in train], share=worker_share(strategy))
+    val_ds = pipelines.image_dataset(source, val, image_size, cfg.batch_size, targets=[s.label for s in val])
+    return train_ds, val_ds
 
 
 def load_base_models(workdir: str) -> list[keras.Model]:
@@ -518,28 +527,28 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
     train, val, weights = complete_split(corpus, cfg.val_fraction)
     extract_with = feature_strategy(strategy)
     with extract_with.scope():  # shapes, and the cache's extractor
-        frozen = models.build_complete_model(*load_base_models(cfg.workdir))
+        bases = load_base_models(cfg.workdir)
+        frozen = models.build_complete_model(*bases)
     image_size, feature_dim = frozen.input_shape[1], frozen.get_layer("stacked_features").output.shape[1]
     logging.info("complete model: %d train / %d val images, class weights %s", len(train), len(val),
                  {CLASS_NAMES[c]: round(w, 3) for c, w in weights.items()})
-    sample_weights = [weights[s.label] for s in train]
     if cfg.feature_cache and cfg.augment:
         logging.warning("--augment: the complete model trains end to end on augmented images; the feature cache "
                         "(clean images only) is bypassed")
     if cfg.feature_cache and not cfg.augment:
         cache = FeatureCache(cfg.workdir, frozen, source, image_size, cfg.batch_size, strategy=extract_with,
                              write=is_chief(strategy))
-        train_ds = cache.dataset(train, cfg.batch_size, weights=sample_weights, shuffle_seed=cfg.seed,
-                                 share=worker_share(strategy))
+        train_ds = cache.dataset(train, cfg.batch_size, weights=[weights[s.label] for s in train],
+                                 shuffle_seed=cfg.seed, share=worker_share(strategy))
         val_ds = cache.dataset(val, cfg.batch_size)
         head, summary = fit("complete", lambda: models.build_head(feature_dim), train_ds, val_ds, cfg, strategy,
                             len(train))
         with strategy.scope():
-            complete = models.build_complete_model(*load_base_models(cfg.workdir), head=models.uncompiled_copy(head))
+            if extract_with is not strategy:  # a multi-worker run extracted under the default strategy
+                bases = load_base_models(cfg.workdir)
+            complete = models.build_complete_model(*bases, head=models.uncompiled_copy(head))
     else:
-        train_ds = training_dataset(cfg, source, train, image_size, [s.label for s in train], sample_weights,
-                                    share=worker_share(strategy))
-        val_ds = pipelines.image_dataset(source, val, image_size, cfg.batch_size, targets=[s.label for s in val])
+        train_ds, val_ds = complete_pool_datasets(cfg, source, train, val, weights, image_size, strategy)
 
         def build_end_to_end():
             head = models.build_head(feature_dim)  # first, to draw the same initial weights as with the cache
@@ -559,9 +568,7 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
         return None
     seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
-    train_ds = training_dataset(cfg, source, train, cfg.image_size, [s.label for s in train],
-                                [weights[s.label] for s in train], share=worker_share(strategy))
-    val_ds = pipelines.image_dataset(source, val, cfg.image_size, cfg.batch_size, targets=[s.label for s in val])
+    train_ds, val_ds = complete_pool_datasets(cfg, source, train, val, weights, cfg.image_size, strategy)
     model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights),
                          train_ds, val_ds, cfg, strategy, len(train))
     save_stage_model(model, model_path, strategy)
