@@ -1,6 +1,9 @@
 """Shared fixtures: quiet TensorFlow, two logical CPU devices, small corpora on disk."""
 
 import os
+import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -14,11 +17,18 @@ from PIL import Image  # noqa: E402
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TFDS = pathlib.Path(sys.executable).with_name("tfds")
+
 ARCHITECTURES = {
     "dm_generated": ["Latent Diffusion", "DALL-E MINI"],
     "gan_generated": ["StyleGAN2", "Big-GAN x"],
     "real": ["CelebA", "Others"],
 }
+
+
+def random_image(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 def write_image(path, array, fmt=None, **kwargs):
@@ -41,3 +51,28 @@ def make_corpus(root, per_folder=8, size=(40, 48), seed=0):
 @pytest.fixture
 def small_corpus(tmp_path):
     return make_corpus(tmp_path / "corpus")
+
+
+def run_tfds_build(*args) -> tuple[int, str]:
+    """Runs `tfds build datasets/dfx_corpus ARGS` from the repo root: (exit code, stdout+stderr).
+
+    The tfds command logs to stdout and draws its progress bars on stderr.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([str(TFDS), "build", "datasets/dfx_corpus", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    return done.returncode, done.stdout
+
+
+@pytest.fixture(scope="session")
+def tfds_demo(tmp_path_factory):
+    """A fresh demo corpus and its `original` config, prepared once per session by the tfds
+    command line (test_tfds_training and test_evaluate read it): (corpus folder, tfds spec)."""
+    from dfx_keras.data import demo
+
+    root = tmp_path_factory.mktemp("tfds_demo")
+    corpus_dir, data_dir = root / "corpus", root / "tfds"
+    demo.generate_demo_corpus(str(corpus_dir), images_per_architecture=8, seed=3)
+    code, output = run_tfds_build(f"--manual_dir={corpus_dir}", f"--data_dir={data_dir}", "--config=original")
+    assert code == 0, output[-3000:]
+    return str(corpus_dir), f"tfds:dfx_corpus/original@{data_dir}"

@@ -15,7 +15,6 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import make_corpus, write_image
-from test_tfds_training import prepared  # noqa: F401  (fixture: a demo corpus and its tfds build)
 from dfx_keras import evaluation, models, reports, training
 from dfx_keras.classes import REAL
 from dfx_keras.data import attacks, corpus as corpus_lib, pipelines
@@ -98,8 +97,8 @@ def test_evaluate_cli_writes_every_output_with_the_baseline_beside(workdir, tmp_
 
 
 @pytest.mark.slow
-def test_tfds_data_gives_the_folder_results(prepared, workdir, tmp_path):  # noqa: F811
-    corpus_dir, spec = prepared
+def test_tfds_data_gives_the_folder_results(tfds_demo, workdir, tmp_path):
+    corpus_dir, spec = tfds_demo
     work, _ = workdir
     results = {}
     for name, data in (("folder", f"--data_dir={corpus_dir}"), ("tfds", f"--data={spec}")):

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from conftest import random_image
 import dfx_keras
 from dfx_keras import export
 from dfx_keras.data import pipelines
@@ -32,10 +33,6 @@ def encode(array, fmt, **kwargs):
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, fmt, **kwargs)
     return buf.getvalue()
-
-
-def random_image(height, width, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +59,21 @@ def loaded(exported):
     return tf.saved_model.load(exported)
 
 
+def _signature(loaded, name, key, dtype):
+    """Call signature ``name`` with its one input ``key``, as TF Serving does; NumPy outputs."""
+    def run(values):
+        return {k: v.numpy() for k, v in loaded.signatures[name](**{key: tf.constant(values, dtype)}).items()}
+    return run
+
+
 @pytest.fixture(scope="module")
 def serve_bytes(loaded):
-    def run(encoded):
-        out = loaded.signatures[export.SIGNATURE_BYTES](image_bytes=tf.constant(encoded, tf.string))
-        return {k: v.numpy() for k, v in out.items()}
-    return run
+    return _signature(loaded, export.SIGNATURE_BYTES, export.BYTES_INPUT, tf.string)
 
 
 @pytest.fixture(scope="module")
 def serve_images(loaded):
-    def run(images):
-        out = loaded.signatures[export.SIGNATURE_IMAGES](images=tf.constant(images, tf.float32))
-        return {k: v.numpy() for k, v in out.items()}
-    return run
+    return _signature(loaded, export.SIGNATURE_IMAGES, export.IMAGES_INPUT, tf.float32)
 
 
 def keras_probabilities(model, images):

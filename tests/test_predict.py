@@ -8,22 +8,12 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+from conftest import random_image, write_image
 import dfx_keras
 from dfx_keras import export, predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write(path, array, fmt=None):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(array).save(path, fmt)
-    return str(path)
-
-
-def random_image(height, width, seed):
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +33,10 @@ def predictor(export_root):
 def folder(tmp_path):
     """Images of four formats in nested folders, plus a text file, garbage and a PNG bomb."""
     root = tmp_path / "photos"
-    write(root / "a.png", random_image(40, 50, 0))
-    write(root / "B.JPG", random_image(300, 200, 1), "JPEG")
-    write(root / "sub" / "c.gif", random_image(20, 20, 2))
-    write(root / "sub" / "deeper" / "d.webp", random_image(64, 48, 3))
+    write_image(root / "a.png", random_image(40, 50, 0))
+    write_image(root / "B.JPG", random_image(300, 200, 1), "JPEG")
+    write_image(root / "sub" / "c.gif", random_image(20, 20, 2))
+    write_image(root / "sub" / "deeper" / "d.webp", random_image(64, 48, 3))
     (root / "notes.txt").write_text("not an image")
     (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     png = bytearray((root / "a.png").read_bytes())

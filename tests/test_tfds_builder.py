@@ -4,16 +4,14 @@ agree, odd formats come out as 8-bit RGB, and the `tfds build` command line work
 The builder's own tfds test (DfxCorpusTest, driven by dummy_data/) runs from here too.
 """
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from conftest import run_tfds_build
 from datasets.dfx_corpus import dfx_corpus_dataset_builder as builder_lib
 from datasets.dfx_corpus import synthetic
 from datasets.dfx_corpus.dfx_corpus_dataset_builder_test import DfxCorpusTest  # noqa: F401 (collected)
@@ -22,7 +20,6 @@ from dfx_keras.data import corpus, tfds_source
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DUMMY = REPO / "datasets" / "dfx_corpus" / "dummy_data"
-TFDS = pathlib.Path(sys.executable).with_name("tfds")
 SPLIT_OF_POOL = dict(enumerate(builder_lib.SPLIT_NAMES))
 BEAM_2_PROCESSES = "runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"
 
@@ -139,19 +136,8 @@ def test_tfds_source_says_how_to_prepare(tmp_path):
     tfds_source.load_tfds_samples("tfds:dfx_corpus/r256", data_dir=str(tmp_path))
 
 
-def run_tfds_build(*args) -> tuple[int, str]:
-  """Runs `tfds build datasets/dfx_corpus ARGS` from the repo root: (exit code, stdout+stderr).
-
-  The tfds command logs to stdout and draws its progress bars on stderr.
-  """
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  done = subprocess.run([str(TFDS), "build", "datasets/dfx_corpus", *args], cwd=REPO, env=env,
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-  return done.returncode, done.stdout
-
-
 @pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory):
+def table_corpus(tmp_path_factory):
   """A fresh corpus of 40 small images plus one truncated file."""
   root = tmp_path_factory.mktemp("corpus")
   synthetic.write_table_corpus(root, total=40, scale=0.1, seed=1)
@@ -159,27 +145,27 @@ def small_corpus(tmp_path_factory):
   return root
 
 
-def test_tfds_build_command_line_prepares_then_reuses(small_corpus, tmp_path):
-  code, output = run_tfds_build(f"--manual_dir={small_corpus}", f"--data_dir={tmp_path}", "--config=r256")
+def test_tfds_build_command_line_prepares_then_reuses(table_corpus, tmp_path):
+  code, output = run_tfds_build(f"--manual_dir={table_corpus}", f"--data_dir={tmp_path}", "--config=r256")
   assert code == 0, output[-3000:]
   assert "skipping unreadable image real/FFHQ/cut.png" in output
   assert "Generating train_base examples" in output  # tfds' progress bar
   ds = tfds.load("dfx_corpus/r256", split="test", data_dir=str(tmp_path))
   assert ds.element_spec["image"].shape == (256, 256, 3)
-  listed = {s.path for s in corpus.scan_corpus(str(small_corpus)).samples}
+  listed = {s.path for s in corpus.scan_corpus(str(table_corpus)).samples}
   assert sum(1 for _ in ds) == sum(corpus.pool_of(p) == corpus.TEST_POOL for p in listed)
   files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
 
-  code, output = run_tfds_build(f"--manual_dir={small_corpus}", f"--data_dir={tmp_path}", "--config=r256")
+  code, output = run_tfds_build(f"--manual_dir={table_corpus}", f"--data_dir={tmp_path}", "--config=r256")
   assert code == 0 and "Reusing dataset dfx_corpus" in output, output[-3000:]
   assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == files
 
 
-def test_tfds_build_command_line_with_beam_on_two_processes(small_corpus, tmp_path):
-  code, output = run_tfds_build(f"--manual_dir={small_corpus}", f"--data_dir={tmp_path / 'beam'}", "--config=r256",
+def test_tfds_build_command_line_with_beam_on_two_processes(table_corpus, tmp_path):
+  code, output = run_tfds_build(f"--manual_dir={table_corpus}", f"--data_dir={tmp_path / 'beam'}", "--config=r256",
                                 f"--beam_pipeline_options={BEAM_2_PROCESSES}")
   assert code == 0, output[-3000:]
-  plain = prepare("r256", tmp_path / "plain", manual_dir=small_corpus)
+  plain = prepare("r256", tmp_path / "plain", manual_dir=table_corpus)
   beam = tfds.builder("dfx_corpus/r256", data_dir=str(tmp_path / "beam"))
   assert examples_by_file(beam) == examples_by_file(plain)
   assert beam.info.metadata["skipped_files"] == ["real/FFHQ/cut.png: OSError: image file is truncated"]

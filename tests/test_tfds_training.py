@@ -5,7 +5,6 @@ shared pipeline: every image must come out identical, and train.py must run on -
 """
 
 import csv
-import os
 import pathlib
 import subprocess
 import sys
@@ -14,22 +13,9 @@ import numpy as np
 import pytest
 
 from dfx_keras.data import corpus as corpus_lib
-from dfx_keras.data import demo, pipelines, tfds_source
+from dfx_keras.data import pipelines, tfds_source
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A fresh demo corpus and its `original` config, prepared by the tfds command line."""
-    root = tmp_path_factory.mktemp("tfds_demo")
-    corpus_dir, data_dir = root / "corpus", root / "tfds"
-    demo.generate_demo_corpus(str(corpus_dir), images_per_architecture=8, seed=3)
-    result = subprocess.run([str(pathlib.Path(sys.executable).with_name("tfds")), "build", "datasets/dfx_corpus",
-                             f"--manual_dir={corpus_dir}", f"--data_dir={data_dir}", "--config=original"],
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return str(corpus_dir), f"tfds:dfx_corpus/original@{data_dir}"
 
 
 def _images_by_path(source, samples):
@@ -37,8 +23,8 @@ def _images_by_path(source, samples):
     return {p.decode(): image for images, paths in ds for image, p in zip(images.numpy(), paths.numpy())}
 
 
-def test_folder_and_tfds_sources_yield_identical_images(prepared):
-    corpus_dir, spec = prepared
+def test_folder_and_tfds_sources_yield_identical_images(tfds_demo):
+    corpus_dir, spec = tfds_demo
     folder = corpus_lib.scan_corpus(corpus_dir)
     corpus, source = tfds_source.open_tfds(spec)
     assert sorted(s.path for s in corpus.samples) == sorted(s.path for s in folder.samples)
@@ -50,8 +36,8 @@ def test_folder_and_tfds_sources_yield_identical_images(prepared):
             np.testing.assert_array_equal(from_tfds[path], image, err_msg=path)
 
 
-def test_tfds_source_reads_a_subset_across_splits_and_shuffles_with_a_seed(prepared):
-    _, spec = prepared
+def test_tfds_source_reads_a_subset_across_splits_and_shuffles_with_a_seed(tfds_demo):
+    _, spec = tfds_demo
     corpus, source = tfds_source.open_tfds(spec)
     subset = corpus.samples[::3]
     read = lambda seed: [p.decode() for p, _ in source.encoded(subset, shuffle_seed=seed).as_numpy_iterator()]
@@ -65,8 +51,8 @@ def test_tfds_source_reads_a_subset_across_splits_and_shuffles_with_a_seed(prepa
 
 
 @pytest.mark.slow
-def test_train_cli_on_tfds_data(prepared, tmp_path):
-    corpus_dir, spec = prepared
+def test_train_cli_on_tfds_data(tfds_demo, tmp_path):
+    corpus_dir, spec = tfds_demo
     work = tmp_path / "work"
     result = subprocess.run([sys.executable, "train.py", f"--workdir={work}", f"--data={spec}", "--stage=base",
                              "--main_class=real", "--epochs=1", "--backbone=tiny", "--weights=none",
