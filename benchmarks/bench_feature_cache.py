@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import resource
 import shutil
 import statistics
 import sys
@@ -38,7 +37,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.profiler import model_analyzer, option_builder  # noqa: E402
 
-from datasets.dfx_corpus.synthetic import write_table_corpus  # noqa: E402
+from benchmarks.bench_tfds_prepare import ensure_corpus  # noqa: E402
 from dfx_keras import models, training  # noqa: E402
 from dfx_keras.classes import CLASS_NAMES  # noqa: E402
 from dfx_keras.data import corpus as corpus_lib  # noqa: E402
@@ -49,8 +48,7 @@ EPOCHS_TO_EXTRAPOLATE = 50
 
 def clock() -> np.ndarray:
     """(wall seconds, process CPU seconds) now."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return np.array([time.perf_counter(), usage.ru_utime + usage.ru_stime])
+    return np.array([time.perf_counter(), time.process_time()])
 
 
 class FeaturePassTimer:
@@ -152,8 +150,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dfx_bench_feature_cache"))
     args = parser.parse_args()
     root = os.path.join(args.workdir, f"corpus{args.images}")
-    if not os.path.isdir(root):
-        write_table_corpus(root, args.images)
+    ensure_corpus(pathlib.Path(root), args.images)
     corpus, source = corpus_lib.scan_corpus(root), pipelines.FolderSource(root)
     base_models = os.path.join(args.workdir, f"base_models_{args.backbone}_{args.image_size}")
     if not os.path.isdir(base_models):

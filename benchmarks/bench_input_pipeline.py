@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import resource
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from datasets.dfx_corpus.synthetic import write_table_corpus  # noqa: E402
+from benchmarks.bench_tfds_prepare import ensure_corpus  # noqa: E402
 from dfx_keras.backbones import BackbonePreprocessing  # noqa: E402
 from dfx_keras.data import corpus as corpus_lib  # noqa: E402
 from dfx_keras.data import pipelines  # noqa: E402
@@ -78,18 +77,13 @@ def bare_map(paths: list[str]) -> tf.data.Dataset:
     return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def rate(run, seconds: float) -> tuple[float, float]:
     """Whole passes of ``run()`` (which returns the images it produced) for >= seconds:
     images per second and CPU milliseconds per image."""
-    images, start, cpu_start = 0, time.perf_counter(), cpu_seconds()
+    images, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         images += run()
-    return images / (time.perf_counter() - start), 1000 * (cpu_seconds() - cpu_start) / images
+    return images / (time.perf_counter() - start), 1000 * (time.process_time() - cpu_start) / images
 
 
 def main() -> None:
@@ -100,8 +94,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dfx_bench_input"))
     args = parser.parse_args()
     root = os.path.join(args.workdir, f"corpus{args.images}")
-    if not os.path.isdir(root):
-        write_table_corpus(root, args.images)
+    ensure_corpus(pathlib.Path(root), args.images)
     samples = corpus_lib.scan_corpus(root).samples
     paths = [os.path.join(root, s.path) for s in samples]
     runs = {

@@ -19,7 +19,6 @@ import argparse
 import os
 import pathlib
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -27,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from benchmarks.bench_input_pipeline import bare_map  # noqa: E402
+from benchmarks.bench_input_pipeline import bare_map, consume, rate  # noqa: E402
 from benchmarks.bench_tfds_prepare import ensure_corpus, prepare  # noqa: E402
 from datasets.dfx_corpus import dfx_corpus_dataset_builder as builder_lib  # noqa: E402
 from dfx_keras.data import corpus as corpus_lib  # noqa: E402
@@ -41,17 +40,6 @@ def tfds_pipeline(builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
   ds = builder.as_dataset(split=ALL_SPLITS, shuffle_files=False)
   ds = ds.map(lambda ex: tf.cast(ex["image"], tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
-
-
-def images_per_second(ds: tf.data.Dataset, seconds: float) -> float:
-  """Whole passes over ds until `seconds` have gone by; images per second."""
-  images, start = 0, time.perf_counter()
-  while True:
-    for batch in ds:
-      images += int(batch.shape[0])
-    elapsed = time.perf_counter() - start
-    if elapsed >= seconds:
-      return images / elapsed
 
 
 def main() -> None:
@@ -73,11 +61,11 @@ def main() -> None:
         f"{len(paths)} images; batch {BATCH}", flush=True)
 
   for ds in pipelines.values():
-    images_per_second(ds, 0)  # warm-up pass
+    consume(ds)  # warm-up pass
   rates = {name: [] for name in pipelines}
   for _ in range(2):
     for name, ds in pipelines.items():
-      rates[name].append(images_per_second(ds, args.seconds))
+      rates[name].append(rate(lambda: consume(ds), args.seconds)[0])
       print(f"  {name:10s}: {rates[name][-1]:7.1f} images/s", flush=True)
   best = {name: max(r) for name, r in rates.items()}
   ratio = best["tfds r256"] / best["folder PNG"]
