@@ -53,13 +53,19 @@ def small_corpus(tmp_path):
     return make_corpus(tmp_path / "corpus")
 
 
-def run_tfds_build(*args) -> tuple[int, str]:
-    """Runs `tfds build datasets/dfx_corpus ARGS` from the repo root: (exit code, stdout+stderr).
+# How a source checkout names the builder to `tfds build` (its folder), and how an installed
+# package does (the dataset name and the module that registers it).
+BUILDER_FOLDER = ("datasets/dfx_corpus",)
+BUILDER_MODULE = ("dfx_corpus", "--imports=dfx_keras.datasets.dfx_corpus")
+
+
+def run_tfds_build(*args, builder=BUILDER_FOLDER) -> tuple[int, str]:
+    """Runs `tfds build <builder> ARGS` from the repo root: (exit code, stdout+stderr).
 
     The tfds command logs to stdout and draws its progress bars on stderr.
     """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run([str(TFDS), "build", "datasets/dfx_corpus", *args], cwd=REPO, env=env,
+    done = subprocess.run([str(TFDS), "build", *builder, *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     return done.returncode, done.stdout
 
