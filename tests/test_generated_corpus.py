@@ -182,3 +182,12 @@ def test_ddim_with_an_exact_noise_oracle_returns_the_clean_image():
     x_s = model._ddim_step(x_t, eps, 700, 300, clip=True)
     np.testing.assert_allclose(x_s, np.sqrt(ab[300]) * x0 + np.sqrt(1 - ab[300]) * eps, atol=1e-5)
     np.testing.assert_allclose(model._ddim_step(x_t, eps, 700, -1, clip=True), x0, atol=1e-5)
+
+
+def test_fingerprint_names_what_a_family_depends_on():
+    """A resumed build keeps a family only if config, seed, family and its code are unchanged."""
+    family = build_lib.FAMILIES[0]
+    same = build_lib.fingerprint(family, TINY, 0)
+    assert same == build_lib.fingerprint(family, TINY, 0)
+    assert len({same, build_lib.fingerprint(family, TINY, 1), build_lib.fingerprint(family, build_lib.FULL, 0),
+                build_lib.fingerprint(build_lib.FAMILIES[1], TINY, 0)}) == 4

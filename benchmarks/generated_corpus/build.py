@@ -10,7 +10,10 @@ Output (``root``)::
 Everything is seeded and TensorFlow runs with op determinism, so two builds with the same
 config, seed and photos are byte-identical (``build.json``'s ``sha256`` covers ``corpus/`` and
 ``heldout/``; only its timings differ). The tree is written under ``<root>.partial`` and renamed
-at the end: an interrupted build leaves no half corpus at ``root``.
+at the end: an interrupted build leaves no half corpus at ``root``. Each family is seeded on its
+own, so its images do not depend on the others: a rerun resumes an interrupted build, keeping
+the families whose ``done/<family>.json`` marker carries the same fingerprint (config, seed,
+family and the source of the code that trains it) and rebuilding the rest.
 """
 
 from __future__ import annotations
@@ -140,13 +143,32 @@ TRAINERS = {
 }
 
 
+TRAINER_SOURCES = {  # the modules whose code decides a family's images, besides photos.py and build.py
+    "TConv-GAN": ("gans.py",), "ResizeConv-GAN": ("gans.py",), "PixelShuffle-GAN": ("gans.py",),
+    "StyleMod-GAN": ("gans.py",), "DDPM-Linear": ("diffusion.py",), "DDIM-Cosine": ("diffusion.py",),
+    "EDM-Heun": ("diffusion.py",), "Latent-PLMS": ("latent.py", "diffusion.py"),
+}
+
+
+def fingerprint(family: Family, config: Config, seed: int) -> str:
+    """What a family's images depend on: config, seed, family, and its code's source files."""
+    digest = hashlib.sha256(json.dumps([dataclasses.asdict(config), seed, dataclasses.asdict(family)]).encode())
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("photos.py", "build.py", "tf_util.py", *TRAINER_SOURCES[family.name]):
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """[-1, 1] floats to uint8 pixels, rounding half away from zero like an 8-bit PNG writer."""
     return np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
 def write_pngs(images, folder: str) -> None:
-    os.makedirs(folder, exist_ok=True)
+    """``images`` as ``folder``/NNNN.png, replacing what an interrupted build left there."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
     for i, image in enumerate(images):
         Image.fromarray(image).save(os.path.join(folder, f"{i:04d}.png"))
 
@@ -207,7 +229,6 @@ def build(root: str, config: Config, photos: list, seed: int = 0, grid_dir: str 
         raise FileExistsError(f"{root} exists; pass overwrite=True (--overwrite) to replace it")
     tf.config.experimental.enable_op_determinism()
     partial = root.rstrip("/") + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
     clock = _Clock()
     train_photos, held_photos = photos_lib.split(photos)
     if not held_photos or not train_photos:
@@ -223,6 +244,13 @@ def build(root: str, config: Config, photos: list, seed: int = 0, grid_dir: str 
 
     stats = {}
     for index, family in enumerate(FAMILIES, start=1):
+        marker = os.path.join(partial, "done", f"{family.name}.json")
+        wanted = fingerprint(family, config, seed)
+        if os.path.exists(marker) and json.load(open(marker))["fingerprint"] == wanted:
+            done = json.load(open(marker))
+            stats[family.name], clock.stages[family.name] = done["stats"], {**done["stage"], "resumed": True}
+            logging.info("%s: kept from the interrupted build", family.name)
+            continue
         keras.utils.set_random_seed(seed * 1000 + index)
         family_rng = np.random.default_rng([seed, index])
         crops = photos_lib.crops(train_photos, config.train_crops, family.resolution, family_rng)
@@ -237,6 +265,9 @@ def build(root: str, config: Config, photos: list, seed: int = 0, grid_dir: str 
                        os.path.join(set_dir, "0_real"))
         else:
             write_pngs(images[: config.fake_per_family], os.path.join(partial, "corpus", family.label, family.name))
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker, "w") as f:
+            json.dump({"fingerprint": wanted, "stats": stats[family.name], "stage": clock.stages[family.name]}, f)
         keras.backend.clear_session()
 
     summary = {
@@ -248,13 +279,15 @@ def build(root: str, config: Config, photos: list, seed: int = 0, grid_dir: str 
         "counts": _counts(partial),
         "stages": clock.stages,
         "total": {"wall_s": round(time.perf_counter() - started_wall, 1),
-                  "cpu_s": round(time.process_time() - started_cpu, 1)},
+                  "cpu_s": round(time.process_time() - started_cpu, 1),
+                  "families_cpu_s": round(sum(s["cpu_s"] for s in clock.stages.values()), 1)},
         "sha256": tree_sha256(partial),
     }
     with open(os.path.join(partial, "build.json"), "w") as f:
         json.dump(summary, f, indent=2)
     if grid_dir:
         shutil.copytree(os.path.join(partial, "grids"), grid_dir, dirs_exist_ok=True)
+    shutil.rmtree(os.path.join(partial, "done"))
     if os.path.exists(root):
         shutil.rmtree(root)
     os.rename(partial, root)

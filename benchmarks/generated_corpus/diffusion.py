@@ -20,12 +20,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from benchmarks.generated_corpus.tf_util import maybe_graph
+
 T = 1000
-
-
-def maybe_graph(fn, graph: bool):
-    """``fn`` as a tf.function, or eager: tracing costs more than a test build's few steps."""
-    return tf.function(fn) if graph else fn
 
 
 def betas(schedule: str) -> np.ndarray:
@@ -108,7 +105,7 @@ class Diffusion:
     SIGMA_DATA = 0.5
 
     def __init__(self, objective: str, schedule: str | None, resolution: int, channels: int,
-                 width: int, batch_size: int, mults=(1, 2, 3), patch: int = 1, learning_rate=2e-4,
+                 width: int, batch_size: int, mults=(1, 2, 3), patch: int = 1, learning_rate=1e-3,
                  graph: bool = True):
         self.objective, self.batch_size = objective, batch_size
         self.shape = (resolution, resolution, channels)
@@ -177,16 +174,17 @@ class Diffusion:
         return np.linspace(T - 1, 0, steps).round().astype(int)
 
     def _ancestral(self, rng, steps):
-        """DDPM ancestral sampling on the respaced chain: the betas between kept timesteps,
-        posterior variance beta~ (Ho et al. eq. 7)."""
+        """DDPM ancestral sampling on the respaced chain: the betas between kept timesteps, the
+        posterior q(x_prev | x_t, x0) with x0 predicted and clipped to [-1, 1] (the reference
+        code's clip_denoised), posterior variance beta~ (Ho et al. eqs. 6-7)."""
         ts = self._timesteps(steps)
         x = rng.standard_normal((self.batch_size, *self.shape), dtype=np.float32)
         for i, t in enumerate(ts):
             ab = self.alpha_bar[t]
             ab_prev = self.alpha_bar[ts[i + 1]] if i + 1 < len(ts) else 1.0
             beta = 1 - ab / ab_prev
-            eps = self._eps(x, t)
-            mean = (x - beta / np.sqrt(1 - ab) * eps) / np.sqrt(1 - beta)
+            x0 = np.clip((x - np.sqrt(1 - ab) * self._eps(x, t)) / np.sqrt(ab), -1, 1)
+            mean = (np.sqrt(ab_prev) * beta * x0 + np.sqrt(1 - beta) * (1 - ab_prev) * x) / (1 - ab)
             if i + 1 < len(ts):
                 var = beta * (1 - ab_prev) / (1 - ab)
                 mean += np.sqrt(var) * rng.standard_normal(x.shape, dtype=np.float32)

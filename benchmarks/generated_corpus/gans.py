@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from benchmarks.generated_corpus.diffusion import maybe_graph
+from benchmarks.generated_corpus.tf_util import maybe_graph
 
 LATENT = 128
 

@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras import layers
 
 from benchmarks.generated_corpus import diffusion
+from benchmarks.generated_corpus.tf_util import maybe_graph
 
 LATENT_CHANNELS = 4
 
@@ -47,9 +48,9 @@ class LatentDiffusion:
         self.prior = diffusion.Diffusion("eps", "scaled_linear", resolution // 8, LATENT_CHANNELS,
                                          unet_width, batch_size, mults=(1, 2), graph=graph)
         self.scale = 1.0
-        self._ae_step = diffusion.maybe_graph(self._ae_train_step, graph)
-        self._encode = diffusion.maybe_graph(lambda x: self.encoder(x, training=False), graph)
-        self._decode = diffusion.maybe_graph(lambda z: self.decoder(z, training=False), graph)
+        self._ae_step = maybe_graph(self._ae_train_step, graph)
+        self._encode = maybe_graph(lambda x: self.encoder(x, training=False), graph)
+        self._decode = maybe_graph(lambda z: self.decoder(z, training=False), graph)
 
     def _ae_train_step(self, x):
         variables = self.encoder.trainable_variables + self.decoder.trainable_variables
