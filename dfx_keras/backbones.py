@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 from keras import layers, ops
@@ -20,6 +20,11 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # BGR means subtracted by the "caffe" mode (ResNet in keras.applications).
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# BatchNorm momentum of every backbone (Keras convention: moving = m * moving + (1 - m) * batch).
+# The reference fine-tunes torchvision models, whose PyTorch momentum 0.1 is Keras' 0.9;
+# keras.applications builds 0.99, which after a short or from-scratch run leaves the running
+# statistics near their initial values: in inference mode such a model predicts one class.
+BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="dfx_keras")
@@ -58,18 +63,14 @@ class BackbonePreprocessing(layers.Layer):
 
 def _tiny_cnn(input_shape, weights=None, name="tiny"):
     """A four-conv CNN for tests and the demo: trains in seconds on a CPU, 64 features.
-
-    BatchNorm momentum is PyTorch's 0.1 (Keras 0.9): with Keras' default 0.99 the running
-    statistics of a short from-scratch run stay near their initial values, and the model
-    scores chance in inference mode while it fits its training batches.
-    """
+    ``build_backbone`` sets its BatchNorm, as every backbone's."""
     if weights not in (None, "none"):
         raise ValueError("the tiny backbone has no pretrained weights; use --weights=none")
     inputs = keras.Input(input_shape)
     x = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
     for filters in (32, 64, 64):
         x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, x, name=name)
@@ -89,28 +90,35 @@ def _application(constructor_name: str) -> Callable:
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    """What the rest of the project needs to know about a backbone."""
+    """What the rest of the project needs to know about a backbone.
+
+    ``bn_epsilon``: the epsilon of its BatchNorm layers: PyTorch's 1e-5 where the reference's
+    torchvision model uses it (DenseNet, ResNet), Keras' 1e-3 where the Keras ImageNet weights
+    were trained with it (EfficientNet, InceptionV3) and for the tiny CNN; None keeps whatever
+    the constructor builds (a backbone without BatchNorm).
+    """
 
     name: str
     build: Callable
     preprocessing: str
     default_image_size: int
     feature_dim: int
+    bn_epsilon: float | None = None
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
-        BackboneSpec("densenet121", _application("DenseNet121"), "torch", 256, 1024),
-        BackboneSpec("densenet169", _application("DenseNet169"), "torch", 256, 1664),
-        BackboneSpec("densenet201", _application("DenseNet201"), "torch", 256, 1920),
-        BackboneSpec("resnet50", _application("ResNet50"), "caffe", 256, 2048),
-        BackboneSpec("resnet101", _application("ResNet101"), "caffe", 256, 2048),
-        BackboneSpec("resnet152", _application("ResNet152"), "caffe", 256, 2048),
-        BackboneSpec("efficientnet_b0", _application("EfficientNetB0"), "none", 256, 1280),
-        BackboneSpec("efficientnet_b4", _application("EfficientNetB4"), "none", 256, 1792),
-        BackboneSpec("inception_v3", _application("InceptionV3"), "tf", 299, 2048),
-        BackboneSpec("tiny", _tiny_cnn, "tf", 64, 64),
+        BackboneSpec("densenet121", _application("DenseNet121"), "torch", 256, 1024, bn_epsilon=1e-5),
+        BackboneSpec("densenet169", _application("DenseNet169"), "torch", 256, 1664, bn_epsilon=1e-5),
+        BackboneSpec("densenet201", _application("DenseNet201"), "torch", 256, 1920, bn_epsilon=1e-5),
+        BackboneSpec("resnet50", _application("ResNet50"), "caffe", 256, 2048, bn_epsilon=1e-5),
+        BackboneSpec("resnet101", _application("ResNet101"), "caffe", 256, 2048, bn_epsilon=1e-5),
+        BackboneSpec("resnet152", _application("ResNet152"), "caffe", 256, 2048, bn_epsilon=1e-5),
+        BackboneSpec("efficientnet_b0", _application("EfficientNetB0"), "none", 256, 1280, bn_epsilon=1e-3),
+        BackboneSpec("efficientnet_b4", _application("EfficientNetB4"), "none", 256, 1792, bn_epsilon=1e-3),
+        BackboneSpec("inception_v3", _application("InceptionV3"), "tf", 299, 2048, bn_epsilon=1e-3),
+        BackboneSpec("tiny", _tiny_cnn, "tf", 64, 64, bn_epsilon=1e-3),
     ]
 }
 
@@ -137,7 +145,31 @@ def resolve_weights(weights: str | None) -> str | None:
     return weights
 
 
-def build_backbone(name: str, image_size: int, weights: str | None = None) -> keras.Model:
-    """Build the feature extractor ``name`` for square ``image_size`` RGB inputs."""
+def nested_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    """Every layer inside ``layer``, at any depth (backbones are models inside models)."""
+    for sub in getattr(layer, "layers", ()):
+        yield sub
+        yield from nested_layers(sub)
+
+
+def set_batchnorm(model: keras.Model, momentum: float, epsilon: float | None = None) -> None:
+    """Set the momentum (and, unless None, the epsilon) of every BatchNorm layer in ``model``.
+
+    Both are layer configuration, not weights: set on the built layers they leave loaded
+    ImageNet weights untouched, and ``model.save`` keeps them in the ``.keras`` config.
+    """
+    for layer in nested_layers(model):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            if epsilon is not None:
+                layer.epsilon = float(epsilon)
+
+
+def build_backbone(name: str, image_size: int, weights: str | None = None,
+                   bn_momentum: float = BN_MOMENTUM) -> keras.Model:
+    """Build the feature extractor ``name`` for square ``image_size`` RGB inputs, its
+    BatchNorm set as the reference's (``BN_MOMENTUM``, the registry's ``bn_epsilon``)."""
     spec = get_backbone(name)
-    return spec.build((image_size, image_size, 3), weights=resolve_weights(weights), name=name)
+    model = spec.build((image_size, image_size, 3), weights=resolve_weights(weights), name=name)
+    set_batchnorm(model, bn_momentum, spec.bn_epsilon)
+    return model

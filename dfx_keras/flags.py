@@ -6,8 +6,9 @@ absl at parse time, so a typo fails with one line before TensorFlow builds anyth
 
 from absl import flags
 
-from dfx_keras.backbones import BACKBONES
+from dfx_keras.backbones import BACKBONES, BN_MOMENTUM
 from dfx_keras.classes import CLASS_NAMES
+from dfx_keras.models import FROZEN_BN_MODES
 
 STAGES = ("all", "base", "complete", "baseline")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
@@ -75,6 +76,16 @@ def define_train_flags():
     flags.DEFINE_bool("sync_batchnorm", True, "With several replicas, BatchNorm uses the statistics of the global "
                       "batch, so results do not depend on the number of GPUs; --nosync_batchnorm uses each "
                       "replica's slice (less communication; keep >= 16 images per replica).")
+    flags.DEFINE_float("bn_momentum", BN_MOMENTUM, "Momentum of the backbones' BatchNorm running statistics, in "
+                       "Keras' convention (running = m * running + (1 - m) * batch). The default is PyTorch's "
+                       "momentum 0.1, as in the reference's torchvision backbones; keras.applications' own 0.99 "
+                       "leaves the statistics of a short or from-scratch run near their initial values, and the "
+                       "model then predicts one class in inference mode.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_enum("frozen_bn", "inference", FROZEN_BN_MODES, "How the frozen base models' BatchNorm runs "
+                      "while the complete model trains: inference (running statistics, fixed features; the "
+                      "feature cache applies) or reference (batch statistics, running statistics updated, as "
+                      "the reference's training loop; no backbone weight is trained; trains end to end, and "
+                      "complete.keras then holds statistics that differ from models/bm_*.keras).")
     flags.mark_flag_as_required("workdir")
 
 

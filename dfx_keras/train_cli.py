@@ -50,7 +50,8 @@ def config_from_flags():
         feature_cache=FLAGS.feature_cache, cache_images=FLAGS.cache_images, augment=tuple(FLAGS.augment),
         augment_p=FLAGS.augment_p, precision=FLAGS.precision,
         jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
-        sync_batchnorm=FLAGS.sync_batchnorm, overwrite=FLAGS.overwrite)
+        sync_batchnorm=FLAGS.sync_batchnorm, bn_momentum=FLAGS.bn_momentum, frozen_bn=FLAGS.frozen_bn,
+        overwrite=FLAGS.overwrite)
 
 
 def main(argv):

@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from dfx_keras import models
+from dfx_keras.backbones import BN_MOMENTUM, nested_layers
 from dfx_keras.classes import CLASS_NAMES, class_id
 from dfx_keras.data import attacks
 from dfx_keras.data import corpus as corpus_lib
@@ -58,6 +59,8 @@ class TrainConfig:
     precision: str = "float32"  # a Keras dtype policy: float32, mixed_bfloat16 or mixed_float16
     jit_compile: bool | str = "auto"  # XLA; "auto" is Keras' choice (one GPU without tf.distribute only)
     sync_batchnorm: bool = True
+    bn_momentum: float = BN_MOMENTUM  # the backbones' BatchNorm momentum (Keras convention)
+    frozen_bn: str = "inference"  # models.FROZEN_BN_MODES: the frozen base models' BatchNorm in the complete stage
     overwrite: bool = False
     verbose: int | str = "auto"
     extra_callbacks: Sequence[keras.callbacks.Callback] = ()
@@ -210,13 +213,6 @@ def dtype_policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
-
-
-def nested_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    """Every layer inside ``layer``, at any depth (backbones are models inside models)."""
-    for sub in getattr(layer, "layers", ()):
-        yield sub
-        yield from nested_layers(sub)
 
 
 @contextlib.contextmanager
@@ -477,7 +473,8 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
     train_ds, val_ds, train, val = base_model_data(cfg, corpus, source, main_class, worker_share(strategy))
     others = corpus_lib.fraction_others(train + val, class_id(main_class))
     logging.info("%s: %d train / %d val images, %.1f%% others", name, len(train), len(val), 100 * others)
-    model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name),
+    model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name,
+                                                               bn_momentum=cfg.bn_momentum),
                          train_ds, val_ds, cfg, strategy, len(train))
     save_stage_model(model, model_path, strategy)
     return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val), "others_share": others},
@@ -519,6 +516,9 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
     With the feature cache the head trains on features computed once; without it, end to end
     on images through the frozen base models. Both build the head first after seeding and see
     the same order, so for the same seed they train the same head (up to float rounding).
+    ``cfg.frozen_bn="reference"`` trains end to end with the frozen base models' BatchNorm in
+    training mode (``models.set_frozen_batchnorm``), as the reference did: complete.keras then
+    holds running statistics that have drifted from those of ``models/bm_*.keras``.
     """
     model_path = cfg.path("models", "complete.keras")
     if _skip(cfg, model_path):
@@ -535,7 +535,10 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
     if cfg.feature_cache and cfg.augment:
         logging.warning("--augment: the complete model trains end to end on augmented images; the feature cache "
                         "(clean images only) is bypassed")
-    if cfg.feature_cache and not cfg.augment:
+    if cfg.feature_cache and cfg.frozen_bn == "reference":
+        logging.warning("--frozen_bn=reference: the base models' BatchNorm statistics change while the head trains; "
+                        "the complete model trains end to end and the feature cache is bypassed")
+    if cfg.feature_cache and not cfg.augment and cfg.frozen_bn == "inference":
         cache = FeatureCache(cfg.workdir, frozen, source, image_size, cfg.batch_size, strategy=extract_with,
                              write=is_chief(strategy))
         train_ds = cache.dataset(train, cfg.batch_size, weights=[weights[s.label] for s in train],
@@ -552,12 +555,14 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
 
         def build_end_to_end():
             head = models.build_head(feature_dim)  # first, to draw the same initial weights as with the cache
-            return models.build_complete_model(*load_base_models(cfg.workdir), head=head)
+            return models.build_complete_model(*load_base_models(cfg.workdir), head=head, frozen_bn=cfg.frozen_bn)
 
         complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy, len(train))
+        models.set_frozen_batchnorm(complete, "inference")  # saved plainly frozen, whatever it trained with
     save_stage_model(complete, model_path, strategy)
     return _record(cfg, "complete", {**summary, "train_images": len(train), "val_images": len(val),
-                                     "class_weights": {CLASS_NAMES[c]: w for c, w in weights.items()}},
+                                     "class_weights": {CLASS_NAMES[c]: w for c, w in weights.items()},
+                                     "frozen_bn": cfg.frozen_bn},
                    is_chief(strategy))
 
 
@@ -569,7 +574,8 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
     seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
     train_ds, val_ds = complete_pool_datasets(cfg, source, train, val, weights, cfg.image_size, strategy)
-    model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights),
+    model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights,
+                                                                        cfg.bn_momentum),
                          train_ds, val_ds, cfg, strategy, len(train))
     save_stage_model(model, model_path, strategy)
     return _record(cfg, "baseline", {**summary, "train_images": len(train), "val_images": len(val)},
