@@ -51,6 +51,10 @@ def define_train_flags():
     flags.DEFINE_float("lr_gamma", 0.1, "StepLR factor.", lower_bound=0.0)
     flags.DEFINE_float("others_fraction", 0.04, "Share of every other-class architecture folder added to a base "
                        "model's training set.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_integer("others_min_images", 0, "Every other-class architecture folder gives a base model at least "
+                         "this many of its pool-0 images (all of them if it has fewer). 0 keeps the paper's plain "
+                         "--others_fraction, made for a corpus of tens of thousands of images; on a small corpus "
+                         "that leaves a few dozen negatives per base model (train.py warns).", lower_bound=0)
     flags.DEFINE_float("val_fraction", 0.2, "Validation share of each training set (base models: random; "
                        "complete model: per class, of the smallest class).", lower_bound=0.0, upper_bound=0.9)
     flags.DEFINE_bool("feature_cache", True, "Complete stage: compute the frozen base models' features once and "

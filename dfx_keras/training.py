@@ -50,6 +50,7 @@ class TrainConfig:
     lr_step_epochs: int = 0
     lr_gamma: float = 0.1
     others_fraction: float = 0.04
+    others_min_images: int = 0  # every other-class folder gives a base model at least this many (pool-0 size caps it)
     val_fraction: float = 0.2
     seed: int = 42
     feature_cache: bool = True
@@ -448,12 +449,13 @@ def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_cl
                     share: tuple[int, int] | None = None):
     """Train and validation datasets of one base model, and the subset they were drawn from.
 
-    Main class vs an ``others_fraction`` sample of every other architecture folder, from
-    pool 0; targets are 1 for the main class, 0 for the rest.
+    Main class vs an ``others_fraction`` sample (at least ``others_min_images``) of every other
+    architecture folder, from pool 0; targets are 1 for the main class, 0 for the rest.
     """
     seed_stage(cfg)
     main = class_id(main_class)
-    subset = corpus_lib.base_model_subset(corpus.pool(corpus_lib.BASE_POOL), main, cfg.others_fraction)
+    subset = corpus_lib.base_model_subset(corpus.pool(corpus_lib.BASE_POOL), main, cfg.others_fraction,
+                                          others_min_images=cfg.others_min_images)
     train, val = corpus_lib.holdout_split(subset, cfg.val_fraction, salt=f"val-{models.base_model_name(main_class)}")
     check_sizes(models.base_model_name(main_class), train, val)
     train_ds = training_dataset(cfg, source, train, cfg.image_size, [int(s.label == main) for s in train],
@@ -472,13 +474,17 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
         return None
     train_ds, val_ds, train, val = base_model_data(cfg, corpus, source, main_class, worker_share(strategy))
     others = corpus_lib.fraction_others(train + val, class_id(main_class))
+    counts = corpus_lib.base_model_counts(train, class_id(main_class))
     logging.info("%s: %d train / %d val images, %.1f%% others", name, len(train), len(val), 100 * others)
+    warning = corpus_lib.few_others_warning(name, counts["other_images"])
+    if warning and is_chief(strategy):
+        logging.warning(warning)
     model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name,
                                                                bn_momentum=cfg.bn_momentum),
                          train_ds, val_ds, cfg, strategy, len(train))
     save_stage_model(model, model_path, strategy)
-    return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val), "others_share": others},
-                   is_chief(strategy))
+    return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val), "others_share": others,
+                               **counts}, is_chief(strategy))
 
 
 def complete_split(corpus: corpus_lib.Corpus, val_fraction: float):

@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 
 import pytest
 import tensorflow as tf
 
 from conftest import make_corpus
 from dfx_keras import run, training
+from dfx_keras.classes import class_id
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
 
@@ -67,6 +69,23 @@ def test_bad_flags_fail_with_one_clear_line(tmp_path, args, message):
     result = _train_cli(f"--workdir={tmp_path}/w", "--data_dir=/tmp", *args, timeout=120)
     assert result.returncode != 0 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_others_min_images_reaches_the_base_model_sets(tmp_path):
+    """Each other-class folder gives at least N pool-0 images (all it has when fewer)."""
+    data = make_corpus(tmp_path / "corpus", per_folder=40)
+    corpus, source = corpus_lib.scan_corpus(data), pipelines.FolderSource(data)
+
+    def other_folders(**overrides):
+        cfg = training.TrainConfig(workdir=str(tmp_path / "w"), backbone="tiny", weights=None, image_size=32,
+                                   batch_size=8, **overrides)
+        _, _, train, val = training.base_model_data(cfg, corpus, source, "real")
+        return Counter((s.label, s.architecture) for s in train + val if s.label != class_id("real"))
+
+    pool0 = Counter((s.label, s.architecture) for s in corpus.pool(corpus_lib.BASE_POOL) if s.label != class_id("real"))
+    assert other_folders() == {folder: 1 for folder in pool0}  # 4% of about 16 images
+    assert other_folders(others_min_images=16) == {folder: min(16, n) for folder, n in pool0.items()}
+    assert min(pool0.values()) < 16 < max(pool0.values())  # both the floor and the cap apply
 
 
 KILLED_RUN = textwrap.dedent("""

@@ -195,24 +195,27 @@ def by_folder(samples: Iterable[Sample]) -> dict[tuple[int, str], list[Sample]]:
     return dict(groups)
 
 
-def folder_quota(count: int, fraction: float) -> int:
-    """Images an "others" folder of ``count`` images contributes: round(fraction*count), >= 1."""
-    return min(count, max(1, round(fraction * count))) if fraction > 0 else 0
+def folder_quota(count: int, fraction: float, min_images: int = 0) -> int:
+    """Images an "others" folder of ``count`` images contributes: round(fraction*count), at
+    least one when ``fraction`` > 0 and at least ``min_images``, at most ``count``."""
+    floor = max(1 if fraction > 0 else 0, min_images)
+    return min(count, max(floor, round(fraction * count)))
 
 
 def base_model_subset(samples: Iterable[Sample], main_class: int, others_fraction: float,
-                      salt: str = "others") -> list[Sample]:
+                      salt: str = "others", others_min_images: int = 0) -> list[Sample]:
     """The deliberately unbalanced set of one base model, from pool-0 samples.
 
     All images of ``main_class``, plus ``others_fraction`` of every architecture folder of the
-    other classes (at least one image per folder, so every generator is seen), chosen by hash.
+    other classes (at least one image per folder, so every generator is seen, and at least
+    ``others_min_images`` while the folder has them), chosen by hash.
     """
     chosen = []
     for (label, _), group in sorted(by_folder(samples).items()):
         if label == main_class:
             chosen.extend(group)
         else:
-            chosen.extend(_first_by_hash(group, folder_quota(len(group), others_fraction), salt))
+            chosen.extend(_first_by_hash(group, folder_quota(len(group), others_fraction, others_min_images), salt))
     return sorted(chosen, key=lambda s: s.path)
 
 
@@ -261,5 +264,31 @@ def balanced_sample(samples: Sequence[Sample], per_class: int | None, seed: int,
 def fraction_others(samples: Sequence[Sample], main_class: int) -> float:
     """Share of images not of ``main_class`` (BM-DM ~12.9% on the full corpus)."""
     return sum(s.label != main_class for s in samples) / max(1, len(samples))
+
+
+# Fewest training "others" (negatives) a base model should get before train.py warns. On the
+# 72k corpus the 4% rule gives each base model 450 to 734 of them in its training split (BM-GAN
+# fewest: 4% of ~13.9k pool-0 DM and real images, less validation); the method was designed and
+# measured there. On a 2,850-image corpus it gave about 30, and the complete model fell below
+# the single-backbone baseline (DESIGN.md 1.3b). 200, under half the paper's smallest, flags
+# runs that are well outside the regime the recipe was made for.
+FEW_OTHERS = 200
+
+
+def base_model_counts(train: Sequence[Sample], main_class: int) -> dict:
+    """What a base model trains on: ``main_images``, ``other_images`` and images per
+    ``<class>/<folder>`` (``folder_images``), for logs/stages.json and the closing table."""
+    folders = Counter(f"{CLASS_NAMES[s.label]}/{s.architecture}" for s in train)
+    others = sum(s.label != main_class for s in train)
+    return {"main_images": len(train) - others, "other_images": others, "folder_images": dict(sorted(folders.items()))}
+
+
+def few_others_warning(name: str, other_images: int) -> str | None:
+    """One line for a base model with fewer than ``FEW_OTHERS`` training negatives, naming the
+    flag that raises them; None when it has enough."""
+    if other_images >= FEW_OTHERS:
+        return None
+    return (f"{name}: only {other_images} training images of other classes (the paper's 4% rule gives 450 or more "
+            f"on its 72k corpus); consider --others_min_images=N (at least N from each other-class folder)")
 
 
