@@ -90,6 +90,9 @@ def define_train_flags():
                       "feature cache applies) or reference (batch statistics, running statistics updated, as "
                       "the reference's training loop; no backbone weight is trained; trains end to end, and "
                       "complete.keras then holds statistics that differ from models/bm_*.keras).")
+    flags.DEFINE_bool("train_baseline", False, "With --stage=all, also train the single-backbone baseline "
+                      "(--stage=baseline) after the complete model, and report its test accuracy beside the "
+                      "complete model's. Not part of the paper's recipe.")
     flags.mark_flag_as_required("workdir")
 
 

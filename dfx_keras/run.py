@@ -68,17 +68,22 @@ def evaluate(model_paths: Mapping[str, str], protocols: Sequence[str], results_d
 
 
 def evaluate_raw(cfg: training.TrainConfig, corpus, source) -> dict:
-    """Raw test of the workdir's complete model, reported in ``results/`` (evaluate.py adds the
-    attacks, generalization and the baseline)."""
-    results, _ = evaluate({"complete": cfg.path("models", "complete.keras")}, ["raw"], cfg.path("results"),
-                          corpus, source, batch_size=cfg.batch_size, seed=cfg.seed)
+    """Raw test of the workdir's complete model, and of its baseline beside it when
+    ``models/baseline.keras`` exists, reported in ``results/`` (evaluate.py adds the attacks
+    and generalization)."""
+    paths = {"complete": cfg.path("models", "complete.keras")}
+    if os.path.exists(cfg.path("models", "baseline.keras")):
+        paths[evaluation.BASELINE] = cfg.path("models", "baseline.keras")
+    results, _ = evaluate(paths, ["raw"], cfg.path("results"), corpus, source, batch_size=cfg.batch_size,
+                          seed=cfg.seed)
     return results
 
 
 def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = None, stage: str = "all",
           main_class: str | None = None, strategy: str = "auto", make_demo_corpus: bool = False,
-          evaluate: bool = True) -> dict:
+          evaluate: bool = True, train_baseline: bool = False) -> dict:
     """Run ``stage`` (all, base, complete, baseline); returns what the summary prints.
+    ``train_baseline``: ``all`` also trains the baseline, after the complete model.
 
     Under ``strategy="multi_worker"`` every worker runs this same call; only the chief writes
     split.csv, results and exports (``training`` keeps the stages' files chief-only too).
@@ -94,7 +99,7 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
             training.train_base_model(cfg, corpus, source, name, dist)
     if stage in ("all", "complete"):
         training.train_complete_model(cfg, corpus, source, dist)
-    if stage == "baseline":
+    if stage == "baseline" or (stage == "all" and train_baseline):
         training.train_baseline(cfg, corpus, source, dist)
     outcome = {"workdir": cfg.workdir, "stages": training.stage_summaries(cfg.workdir)}
     if evaluate and chief and stage in ("all", "complete"):
@@ -108,17 +113,24 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
 
 
 def print_summary(outcome: dict, seconds: float) -> None:
-    """The closing table: each stage's validation accuracy, the test accuracies, the paths."""
+    """The closing table: each stage's validation accuracy (and a base model's training
+    images of its main class and of the others), the test accuracies, the paths."""
     workdir = outcome["workdir"]
-    print(f"\n{'stage':<10} {'epochs':>6} {'best':>5} {'val_acc':>8} {'val_loss':>9}  model")
+    print(f"\n{'stage':<10} {'epochs':>6} {'best':>5} {'val_acc':>8} {'val_loss':>9} {'main':>6} {'others':>6}  model")
     for name, s in outcome["stages"].items():
-        print(f"{name:<10} {s['epochs']:>6} {s['best_epoch']:>5} {s['val_accuracy']:>8.4f} {s['val_loss']:>9.4f}  "
+        print(f"{name:<10} {s['epochs']:>6} {s['best_epoch']:>5} {s['val_accuracy']:>8.4f} {s['val_loss']:>9.4f} "
+              f"{s.get('main_images', ''):>6} {s.get('other_images', ''):>6}  "
               f"{os.path.join(workdir, 'models', name + '.keras')}")
-    raw = outcome.get("results", {}).get("raw")
-    if raw:
-        print(f"\ntest (balanced): 3-class accuracy {raw['three_class']['accuracy']:.4f} (n={raw['three_class']['n']}), "
-              f"binary accuracy {raw['binary']['accuracy']:.4f} (n={raw['binary']['n']}), "
-              f"AUC {raw['binary']['auc']:.4f}")
+    if outcome["stages"].get("complete", {}).get("frozen_bn") == "reference":
+        print("complete.keras trained with --frozen_bn=reference: its base models' BatchNorm statistics have drifted "
+              "and differ from models/bm_*.keras")
+    results = outcome.get("results", {})
+    if results.get("raw"):
+        print(f"\n{'test (balanced)':<16} {'3-class':>8} {'binary':>8} {'AUC':>8}  n (3-class / binary)")
+        baseline = results.get(evaluation.BASELINE, {}).get("raw")
+        for name, raw in [("complete", results["raw"])] + ([(evaluation.BASELINE, baseline)] if baseline else []):
+            print(f"{name:<16} {raw['three_class']['accuracy']:>8.4f} {raw['binary']['accuracy']:>8.4f} "
+                  f"{raw['binary']['auc']:>8.4f}  {raw['three_class']['n']} / {raw['binary']['n']}")
         print(f"results: {outcome['results_path']}")
     if outcome.get("export_path"):
         print(f"SavedModel for TF Serving: {outcome['export_path']}")

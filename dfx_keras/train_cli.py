@@ -75,7 +75,8 @@ def main(argv):
     try:
         outcome = run.train(config_from_flags(), data_dir=FLAGS.data_dir, data=FLAGS.data, stage=FLAGS.stage,
                             main_class=FLAGS.main_class, strategy=FLAGS.strategy,
-                            make_demo_corpus=FLAGS.make_demo_corpus, evaluate=FLAGS.evaluate)
+                            make_demo_corpus=FLAGS.make_demo_corpus, evaluate=FLAGS.evaluate,
+                            train_baseline=FLAGS.train_baseline)
     except (CorpusError, FileNotFoundError, SettingsError) as e:
         sys.exit(f"error: {e}")
     run.print_summary(outcome, time.time() - start)

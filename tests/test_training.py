@@ -35,9 +35,9 @@ def _csv_epochs(path):
 def test_train_cli_runs_every_stage_and_honours_the_workdir_contract(tmp_path):
     data = make_corpus(tmp_path / "corpus", per_folder=16)
     work = str(tmp_path / "work")
-    result = _train_cli(f"--workdir={work}", f"--data_dir={data}", "--epochs=2", *TINY)
+    result = _train_cli(f"--workdir={work}", f"--data_dir={data}", "--epochs=2", "--train_baseline", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("bm_dm", "bm_gan", "bm_real", "complete"):
+    for name in ("bm_dm", "bm_gan", "bm_real", "complete", "baseline"):
         assert os.path.isfile(f"{work}/models/{name}.keras")
         assert _csv_epochs(f"{work}/logs/{name}.csv") == [0, 1]
         assert os.path.isdir(f"{work}/logs/{name}")  # TensorBoard
@@ -47,7 +47,17 @@ def test_train_cli_runs_every_stage_and_honours_the_workdir_contract(tmp_path):
     for block in ("three_class", "binary"):
         assert {"accuracy", "precision", "recall", "f1", "n"} <= set(results["raw"][block])
     assert 0 <= results["raw"]["three_class"]["accuracy"] <= 1
-    assert "test (balanced): 3-class accuracy" in result.stdout and "bm_real" in result.stdout
+    assert "bm_real" in result.stdout
+    test_table = result.stdout[result.stdout.index("test (balanced)"):].splitlines()
+    assert [line.split()[0] for line in test_table[1:3]] == ["complete", "baseline"]  # side by side
+    assert results["baseline"]["raw"]["three_class"]["n"] == results["raw"]["three_class"]["n"]
+    stages = json.load(open(f"{work}/logs/stages.json"))
+    for name in ("bm_dm", "bm_gan", "bm_real"):
+        s = stages[name]
+        assert s["main_images"] + s["other_images"] == s["train_images"] == sum(s["folder_images"].values())
+        assert f"{name}: only {s['other_images']} training images of other classes" in result.stderr
+        assert f"{s['main_images']:>6} {s['other_images']:>6}" in result.stdout  # the closing table's columns
+    assert result.stderr.count("--others_min_images") == 3  # one line per base model
     assert "I0000" not in result.stderr and "cuInit" not in result.stderr  # TensorFlow's noise is off
     checker = os.path.join(REPO, "..", "shared", "tools", "check_workdir.py")  # the team's contract check
     if os.path.exists(checker):
