@@ -116,3 +116,34 @@ def test_with_cached_images_each_worker_caches_its_own_half(small_corpus):
                                                  share=(2, k)), 2 * len(samples) // 4)) for k in range(2)]
     assert not halves[0] & halves[1] and halves[0] | halves[1] == {s.path for s in samples}
     assert abs(len(halves[0]) - len(halves[1])) <= 1
+
+
+def test_a_decode_needed_only_by_a_control_dependency_never_runs():
+    """TensorFlow 2.21 prunes it, in tf.data functions and tf.functions alike: bad data passes.
+    Checks must use the decode's output (``pipelines.decoded_shape``)."""
+    from conftest import png_declaring
+
+    bad = png_declaring(16, 16, idat=b"not zlib data")
+
+    def control_only(encoded):
+        with tf.control_dependencies([pipelines.decode_uint8(encoded)]):
+            return tf.identity(encoded)
+
+    ds = tf.data.Dataset.from_tensor_slices([bad])
+    assert len(list(ds.map(control_only).ignore_errors())) == 1  # not dropped: never decoded
+    assert len(list(ds.map(pipelines.decoded_shape).ignore_errors())) == 0
+    tf.function(control_only)(tf.constant(bad))  # no error either
+
+
+def test_evaluation_drops_an_undecodable_image_before_a_model_that_decodes_itself(tmp_path):
+    """One bad image would fail the SavedModel's whole batch: it must be dropped, and named, first."""
+    from conftest import png_declaring
+    from dfx_keras import evaluation
+
+    data = make_corpus(tmp_path / "c", per_folder=2)
+    (tmp_path / "c" / "real" / "CelebA" / "corrupt.png").write_bytes(png_declaring(16, 16, idat=b"not zlib data"))
+    samples = corpus_lib.scan_corpus(data).samples
+    assert "real/CelebA/corrupt.png" in {s.path for s in samples}  # the scan cannot see it
+    ds = evaluation.bytes_dataset(pipelines.FolderSource(data), samples, batch_size=5)
+    read = [p.decode() for _, paths in ds for p in paths.numpy()]
+    assert len(read) == len(samples) - 1 and "real/CelebA/corrupt.png" not in read
