@@ -1,0 +1,191 @@
+"""Faults a run must survive: a real SIGKILL at the dangerous moments, damaged backups, a CSV log
+that disagrees with the backup, two runs on one workdir, killed and concurrent exports.
+
+The dangerous windows last milliseconds, so each killed run is a ``train.py`` (or export)
+subprocess whose Keras or TensorFlow save function is wrapped to write its file, cut it in half
+and SIGKILL the process: a kill in the middle of that write, whatever layout the code uses.
+Reruns call what train.py calls (``run.train``) in this process, which is cheaper.
+"""
+
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import pytest
+import tensorflow as tf
+
+from conftest import make_corpus
+from dfx_keras import export, run, training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--backbone=tiny", "--weights=none", "--image_size=32", "--batch_size=8", "--stage=base",
+        "--main_class=real", "--noevaluate"]
+
+# Wrappers installed in the subprocess before train.py runs; KILL_AT is the call that dies.
+CUT_AND_KILL = """
+def cut_and_kill(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+KILL_IN_BACKUP_WRITE = CUT_AND_KILL + """
+original = keras.Model.save_weights
+backups = []
+def save_weights(self, filepath, *args, **kwargs):
+    original(self, filepath, *args, **kwargs)
+    if "/backup/" in str(filepath):
+        backups.append(filepath)
+        if len(backups) == KILL_AT:
+            cut_and_kill(str(filepath))
+keras.Model.save_weights = save_weights
+"""
+KILL_IN_FINAL_SAVE = CUT_AND_KILL + """
+original = keras.Model.save
+def save(self, filepath, *args, **kwargs):
+    original(self, filepath, *args, **kwargs)
+    cut_and_kill(str(filepath))
+keras.Model.save = save
+"""
+WAIT_AFTER_FIRST_EPOCH = """
+logged = keras.callbacks.CSVLogger.on_epoch_end
+def wait(self, epoch, logs=None):
+    logged(self, epoch, logs)
+    open(WAITING, "w").close()
+    deadline = time.time() + 300
+    while not os.path.exists(GO) and time.time() < deadline:
+        time.sleep(0.2)
+keras.callbacks.CSVLogger.on_epoch_end = wait
+"""
+SCRIPT = """
+import os, signal, sys, time
+from dfx_keras.quiet import quiet_tensorflow
+quiet_tensorflow()  # first, as train.py does: our warnings reach stderr, TensorFlow's noise does not
+import keras
+{constants}
+{patch}
+sys.argv = ["train.py", *{args!r}]
+from dfx_keras import train_cli
+train_cli.entry_point()
+"""
+
+
+def _script(args, patch="", **constants):
+    return textwrap.dedent(SCRIPT).format(patch=patch, args=list(args),
+                                          constants="\n".join(f"{k} = {v!r}" for k, v in constants.items()))
+
+
+def _train(args, patch="", **constants):
+    return subprocess.run([sys.executable, "-c", _script(args, patch, **constants)], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+def _epochs(csv_path):
+    with open(csv_path, newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def _config(work, epochs, **kwargs):
+    """The TrainConfig that ``TINY`` and ``--epochs`` make train.py build."""
+    return training.TrainConfig(workdir=work, backbone="tiny", weights=None, image_size=32, batch_size=8,
+                                epochs=epochs, **kwargs)
+
+
+def _rerun(work, data, epochs):
+    """What rerunning the train.py command does, in this process (cheaper than a new one)."""
+    return run.train(_config(work, epochs), data, stage="base", main_class="real", evaluate=False)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("faults") / "corpus", per_folder=12)
+
+
+def _cli_args(work, data):
+    return [f"--workdir={work}", f"--data_dir={data}", *TINY]
+
+
+@pytest.mark.slow
+def test_a_kill_during_the_backup_write_resumes_from_the_previous_epoch(corpus_dir, tmp_path, capsys):
+    work = str(tmp_path / "work")
+    killed = _train([*_cli_args(work, corpus_dir), "--epochs=3"], KILL_IN_BACKUP_WRITE, KILL_AT=2)  # epoch 2's
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    capsys.readouterr()
+    _rerun(work, corpus_dir, epochs=3)
+    printed = capsys.readouterr().out
+    assert "Epoch 1/3" not in printed and "Epoch 2/3" in printed  # resumed after epoch 1
+    assert _epochs(f"{work}/logs/bm_real.csv") == [0, 1, 2]
+    assert os.path.isfile(f"{work}/models/bm_real.keras") and not os.path.exists(f"{work}/backup/bm_real")
+
+
+@pytest.mark.slow
+def test_a_kill_during_the_final_save_keeps_the_trained_stage(corpus_dir, tmp_path, capsys):
+    work = str(tmp_path / "work")
+    killed = _train([*_cli_args(work, corpus_dir), "--epochs=2"], KILL_IN_FINAL_SAVE)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not os.path.exists(f"{work}/models/bm_real.keras")
+    capsys.readouterr()
+    _rerun(work, corpus_dir, epochs=2)
+    assert "Epoch " not in capsys.readouterr().out  # nothing retrained: the backup outlived the interrupted save
+    assert _epochs(f"{work}/logs/bm_real.csv") == [0, 1]
+    assert os.path.isfile(f"{work}/models/bm_real.keras")
+    assert [n for n in os.listdir(f"{work}/models") if n.startswith(".")] == []  # the half-written file is gone
+    assert json.load(open(f"{work}/logs/stages.json"))["bm_real"]["epochs"] == 2
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        raise Interrupted
+
+
+@pytest.fixture(scope="module")
+def interrupted(corpus_dir, tmp_path_factory):
+    """A workdir whose stage was interrupted after its last epoch, before its model was saved."""
+    work = str(tmp_path_factory.mktemp("interrupted") / "work")
+    with pytest.raises(Interrupted):
+        run.train(_config(work, 2, extra_callbacks=[Interrupt()]), corpus_dir, stage="base", main_class="real",
+                  evaluate=False)
+    assert os.listdir(f"{work}/backup/bm_real") and not os.path.exists(f"{work}/models/bm_real.keras")
+    return work
+
+
+@pytest.mark.slow
+def test_a_backup_with_every_file_damaged_is_ignored_with_a_warning(interrupted, corpus_dir, tmp_path, caplog):
+    """A kill mid-write used to leave a 0-byte weights file or an empty JSON file: every rerun failed."""
+    work = str(tmp_path / "work")
+    shutil.copytree(interrupted, work)
+    damaged = [os.path.join(root, f) for root, _, files in os.walk(f"{work}/backup") for f in files]
+    for path in damaged:
+        open(path, "w").close()
+    _rerun(work, corpus_dir, epochs=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("cannot be used" in w for w in warnings)
+    assert any("starts again from its first epoch" in w for w in warnings)
+    assert _epochs(f"{work}/logs/bm_real.csv") == [0, 1]
+    assert os.path.isfile(f"{work}/models/bm_real.keras")
+
+
+@pytest.mark.slow
+def test_resume_survives_a_csv_log_that_disagrees_with_the_backup(interrupted, corpus_dir, tmp_path):
+    work = str(tmp_path / "work")
+    shutil.copytree(interrupted, work)
+    log = f"{work}/logs/bm_real.csv"
+    with open(log) as f:
+        header = f.readline()
+    with open(log, "w") as f:  # the log lost its rows (as two concurrent runs left it)
+        f.write(header)
+    _rerun(work, corpus_dir, epochs=2)
+    summary = json.load(open(f"{work}/logs/stages.json"))["bm_real"]
+    assert summary["epochs"] == 2 and summary["best_epoch"] in (1, 2) and 0 <= summary["val_accuracy"] <= 1
+    assert os.path.isfile(f"{work}/models/bm_real.keras")
