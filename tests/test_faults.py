@@ -189,3 +189,67 @@ def test_resume_survives_a_csv_log_that_disagrees_with_the_backup(interrupted, c
     summary = json.load(open(f"{work}/logs/stages.json"))["bm_real"]
     assert summary["epochs"] == 2 and summary["best_epoch"] in (1, 2) and 0 <= summary["val_accuracy"] <= 1
     assert os.path.isfile(f"{work}/models/bm_real.keras")
+
+
+# --- exports ---------------------------------------------------------------------------------------
+
+KILL_IN_EXPORT = """
+import tensorflow as tf
+def save(obj, export_dir, *args, **kwargs):  # killed as it starts writing the SavedModel
+    open(os.path.join(export_dir, "saved_model.pb"), "wb").close()
+    os.kill(os.getpid(), signal.SIGKILL)
+tf.saved_model.save = save
+sys.argv = ["export", *{args!r}]
+from dfx_keras import export
+export.entry_point()
+"""
+
+
+@pytest.fixture(scope="module")
+def complete_model():
+    import dfx_keras
+
+    bms = [dfx_keras.build_base_model("tiny", 32, None, name=n) for n in ("bm_dm", "bm_gan", "bm_real")]
+    return dfx_keras.build_complete_model(*bms)
+
+
+@pytest.mark.slow
+def test_a_killed_export_leaves_nothing_the_next_export_keeps_and_a_live_one_is_left_alone(complete_model,
+                                                                                          tmp_path):
+    work = tmp_path / "w"
+    (work / "models").mkdir(parents=True)
+    complete_model.save(work / "models" / "complete.keras")
+    script = "import os, signal, sys\n" + KILL_IN_EXPORT.format(args=[f"--workdir={work}"])
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    model_dir = work / "export" / "dfx"
+    (left,) = os.listdir(model_dir)
+    assert left.startswith(".tmp-")
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())
+    live = model_dir / f".tmp-{os.getpid()}-{host}-7-inprogress"  # this process is alive: a concurrent export
+    live.mkdir()
+    path = export.export_workdir(str(work))
+    assert path == str(model_dir / "1")
+    assert sorted(os.listdir(model_dir)) == sorted(["1", live.name])
+
+
+def test_two_exports_at_once_both_land_under_their_own_versions(complete_model, tmp_path, monkeypatch):
+    """The other export takes version 1 while this one is being written: this one becomes 2."""
+    saved = tf.saved_model.save
+    model_dir = tmp_path / "dfx"
+
+    def save_while_another_export_lands(obj, export_dir, *args, **kwargs):
+        saved(obj, export_dir, *args, **kwargs)
+        (model_dir / "1").mkdir()
+        (model_dir / "1" / "saved_model.pb").write_bytes(b"the other export")
+
+    monkeypatch.setattr(tf.saved_model, "save", save_while_another_export_lands)
+    path = export.export_saved_model(complete_model, str(tmp_path))
+    assert path == str(model_dir / "2") and export.read_metadata(path)["version"] == 2
+    assert (model_dir / "1" / "saved_model.pb").read_bytes() == b"the other export"
+    assert sorted(os.listdir(model_dir)) == ["1", "2"]
+    with pytest.raises(FileExistsError, match="export version 3 already exists"):  # an explicit version: refused
+        monkeypatch.setattr(tf.saved_model, "save", lambda obj, export_dir, *a, **k: (
+            saved(obj, export_dir, *a, **k), (model_dir / "3").mkdir(), (model_dir / "3" / "x").touch()))
+        export.export_saved_model(complete_model, str(tmp_path), version=3)
+    assert sorted(os.listdir(model_dir)) == ["1", "2", "3"]
