@@ -191,6 +191,35 @@ def test_resume_survives_a_csv_log_that_disagrees_with_the_backup(interrupted, c
     assert os.path.isfile(f"{work}/models/bm_real.keras")
 
 
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_workdir_says_who_holds_it_and_leaves_it_alone(corpus_dir, tmp_path):
+    work = str(tmp_path / "work")
+    args = _cli_args(work, corpus_dir)
+    waiting, go = str(tmp_path / "waiting"), str(tmp_path / "go")
+    first = subprocess.Popen([sys.executable, "-c", _script([*args, "--epochs=2"], WAIT_AFTER_FIRST_EPOCH,
+                                                            WAITING=waiting, GO=go)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.time() + 300
+        while not os.path.exists(waiting) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert os.path.exists(waiting), first.communicate()[1][-3000:]
+        flags_before = open(f"{work}/flags.txt").read()
+        second = _train([*args, "--epochs=3"])
+        assert second.returncode == 1
+        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: workdir ") and "in use by another run" in lines[0]
+        assert f"process {first.pid} on {socket.gethostname()}" in lines[0] and "started 20" in lines[0]
+        assert open(f"{work}/flags.txt").read() == flags_before  # the first run's record is untouched
+    finally:
+        open(go, "w").close()
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert _epochs(f"{work}/logs/bm_real.csv") == [0, 1]
+    with run.owned_workdir(work):  # the lock went with its holder
+        pass
+
+
 # --- exports ---------------------------------------------------------------------------------------
 
 KILL_IN_EXPORT = """

@@ -118,6 +118,23 @@ def test_with_cached_images_each_worker_caches_its_own_half(small_corpus):
     assert abs(len(halves[0]) - len(halves[1])) <= 1
 
 
+def test_an_image_the_decoder_refuses_is_named_and_counted_before_training(tmp_path, caplog):
+    """A PNG with right chunk checksums and corrupt data passes the scan (it checks CRCs only);
+    inside a training stream it used to be dropped without a word."""
+    from conftest import png_declaring
+    from dfx_keras import run
+
+    data = make_corpus(tmp_path / "c", per_folder=4)
+    name = next(p for p in (f"real/CelebA/corrupt {i}.png" for i in range(100))
+                if corpus_lib.pool_of(p) == corpus_lib.BASE_POOL)
+    (tmp_path / "c" / name).write_bytes(png_declaring(16, 16, idat=b"not zlib data"))
+    assert corpus_lib.check_image(str(tmp_path / "c" / name)) is None
+    corpus, _ = run.open_data(TrainConfig(workdir=str(tmp_path / "w")), data)
+    assert name not in {s.path for s in corpus.samples} and len(corpus.samples) == 24
+    assert corpus.skipped == [(name, "TensorFlow cannot decode it")]
+    assert any(name in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
 def test_a_decode_needed_only_by_a_control_dependency_never_runs():
     """TensorFlow 2.21 prunes it, in tf.data functions and tf.functions alike: bad data passes.
     Checks must use the decode's output (``pipelines.decoded_shape``)."""
