@@ -143,7 +143,7 @@ def test_mistakes_that_used_to_end_in_tracebacks_are_one_line_before_the_corpus_
          ["error: the ImageNet weights of densenet121 could not be downloaded", "--weights=PATH"]),
         ([work, f"--data_dir={data}", *dense, f"--weights={garbage}"], [f"error: --weights={garbage} {not_weights}"]),
         ([work, f"--data_dir={data}", *dense, f"--weights={truncated}"], [f"error: --weights={truncated} {not_weights}"]),
-        ([f"--flagfile={REPO}/configs/demo.flags", work, f"--data_dir={data}"],  # the demo pointed at a user's corpus
+        ([work, f"--data_dir={data}", "--make_demo_corpus", *TINY],  # the demo flagfile pointed at a user's corpus
          [f"error: {data} already holds other data"]),
     ]
     keras_home = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")}  # no cached ImageNet weights
