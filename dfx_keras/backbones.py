@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.error
 from typing import Callable, Iterator
 
 import keras
@@ -165,11 +166,52 @@ def set_batchnorm(model: keras.Model, momentum: float, epsilon: float | None = N
                 layer.epsilon = float(epsilon)
 
 
+class WeightsError(ValueError):
+    """Backbone weights that cannot be had: a failed download, or a file that does not hold them."""
+
+
+def _download_failed(error: Exception) -> bool:
+    """Whether ``error`` is Keras' ``get_file`` failing to fetch a URL (it raises a bare
+    Exception, chained to the urllib error)."""
+    return any(isinstance(e, urllib.error.URLError) for e in (error, error.__cause__, error.__context__))
+
+
+def _build_with_weights(spec, name: str, image_size: int, weights: str | None) -> keras.Model:
+    """``spec`` built with ``weights``: a file is loaded into the built model (as
+    keras.applications would), so a file that is not this backbone's weights raises
+    WeightsError, as does a failed ImageNet download."""
+    shape = (image_size, image_size, 3)
+    if weights in (None, "imagenet"):
+        try:
+            return spec.build(shape, weights=weights, name=name)
+        except Exception as e:
+            if not _download_failed(e):
+                raise
+            reason = getattr(e.__context__, "reason", e)
+            raise WeightsError(f"the ImageNet weights of {name} could not be downloaded ({reason}); without internet "
+                               "access, copy the weights file to this machine and give --weights=PATH") from None
+    model = spec.build(shape, weights=None, name=name)
+    try:
+        model.load_weights(weights)
+    except (OSError, ValueError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"--weights={weights} is not a weights file of the {name} backbone at {image_size}x"
+                           f"{image_size}: {message}") from None
+    return model
+
+
 def build_backbone(name: str, image_size: int, weights: str | None = None,
                    bn_momentum: float = BN_MOMENTUM) -> keras.Model:
     """Build the feature extractor ``name`` for square ``image_size`` RGB inputs, its
     BatchNorm set as the reference's (``BN_MOMENTUM``, the registry's ``bn_epsilon``)."""
     spec = get_backbone(name)
-    model = spec.build((image_size, image_size, 3), weights=resolve_weights(weights), name=name)
+    model = _build_with_weights(spec, name, image_size, resolve_weights(weights))
     set_batchnorm(model, bn_momentum, spec.bn_epsilon)
     return model
+
+
+def check_weights(name: str, image_size: int, weights: str | None) -> None:
+    """Build the backbone with ``weights`` once (downloading them if needed), so a download
+    failure or a bad weights file stops a run before its corpus is scanned; raises WeightsError."""
+    if resolve_weights(weights) is not None:
+        build_backbone(name, image_size, weights)

@@ -8,6 +8,7 @@ from absl import flags
 
 from dfx_keras.backbones import BACKBONES, BN_MOMENTUM
 from dfx_keras.classes import CLASS_NAMES
+from dfx_keras.data.corpus import DEFAULT_MAX_PIXELS
 from dfx_keras.models import FROZEN_BN_MODES
 
 STAGES = ("all", "base", "complete", "baseline")
@@ -63,6 +64,9 @@ def define_train_flags():
     flags.DEFINE_bool("overwrite", False, "Retrain stages whose model already exists in the workdir.")
     flags.DEFINE_bool("make_demo_corpus", False, "Generate the procedural demo corpus in --data_dir if it is not "
                       "there (no downloads).")
+    flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS, "Decompression-bomb limit: the largest width x height "
+                         "an image may declare. The corpus scan skips larger images (one warning each) and the "
+                         "exported SavedModel refuses them before decoding.", lower_bound=1)
     flags.DEFINE_bool("evaluate", True, "After --stage=all, evaluate the complete model on the test pool.")
     flags.DEFINE_list("augment", [], "Training augmentation with the test attacks, as the follow-up paper: any of "
                       f"{','.join(AUGMENT_KINDS)} (e.g. --augment=jpeg,blur); empty: none, as the reference. "

@@ -5,10 +5,11 @@ Kept apart from the flag parsing so tests and notebooks can run the same sequenc
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
-from dfx_keras import evaluation, reports, training
+from dfx_keras import backbones, durable, evaluation, reports, training
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
@@ -18,7 +19,12 @@ def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus:
               write_split: bool = True, data: str | None = None):
     """The scanned corpus (split.csv written unless ``write_split=False``) and the source that
     reads its images: the corpus folder, or a prepared tfds dataset when ``data`` is
-    ``tfds:NAME/CONFIG``."""
+    ``tfds:NAME/CONFIG``.
+
+    A folder's training images (pools 0 and 1) are decoded once, so that any the decoder
+    refuses are named and counted here rather than dropped silently mid-epoch (the test pool's
+    are counted by the evaluation; a tfds dataset was decoded when it was prepared).
+    """
     if data:
         from dfx_keras.data import tfds_source
 
@@ -28,11 +34,29 @@ def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus:
             from dfx_keras.data import demo
 
             demo.ensure_demo_corpus(data_dir)
-        corpus, source = corpus_lib.scan_corpus(data_dir), pipelines.folder_source(data_dir)
+        corpus, source = corpus_lib.scan_corpus(data_dir, max_pixels=cfg.max_pixels), pipelines.folder_source(data_dir)
+        training_images = [s for s in corpus.samples if s.pool != corpus_lib.TEST_POOL]
+        corpus = corpus.without(pipelines.undecodable(source, training_images), "TensorFlow cannot decode it")
     if write_split:  # the reference's guidance.csv
         os.makedirs(cfg.workdir, exist_ok=True)
         corpus_lib.write_split_csv(corpus.samples, cfg.path("split.csv"))
     return corpus, source
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def owned_workdir(workdir: str, strategy: str = "auto") -> Iterator[None]:
+    """Own ``workdir`` while training: a second run on it stops at once, naming the owner,
+    instead of both writing the same backups. Only the chief locks it (the workers of a
+    multi-worker run share it), after creating the strategy, as ``train`` does."""
+    if not training.is_chief(training.get_strategy(strategy)):
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with durable.exclusive_lock(os.path.join(workdir, LOCK_FILE), f"workdir {workdir}"):
+        yield
 
 
 def recorded_data_flags(workdir: str) -> dict[str, str]:
@@ -91,8 +115,11 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
     dist = training.get_strategy(strategy)  # first: a multi-worker strategy must exist before TensorFlow starts
     training.check_batch_size(cfg.batch_size, dist)
     chief = training.is_chief(dist)
+    if stage in ("all", "base", "baseline"):  # a failed download or a bad file, before the corpus is scanned
+        backbones.check_weights(cfg.backbone, cfg.image_size, cfg.weights)
     corpus, source = open_data(cfg, data_dir, make_demo_corpus, write_split=chief, data=data)
-    print(f"corpus: {len(corpus.samples)} images ({len(corpus.skipped)} unreadable skipped), "
+    unreadable = f", {len(corpus.unreadable)} unreadable folder(s) or special file(s)" if corpus.unreadable else ""
+    print(f"corpus: {len(corpus.samples)} images ({len(corpus.skipped)} unreadable skipped{unreadable}), "
           f"{dist.num_replicas_in_sync} replica(s), workdir {cfg.workdir}")
     if stage in ("all", "base"):
         for name in ([main_class] if main_class else CLASS_NAMES):
@@ -108,7 +135,7 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
     if stage == "all" and chief:
         from dfx_keras import export
 
-        outcome["export_path"] = export.export_workdir(cfg.workdir, reuse=True)
+        outcome["export_path"] = export.export_workdir(cfg.workdir, max_pixels=cfg.max_pixels, reuse=True)
     return outcome
 
 

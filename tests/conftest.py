@@ -2,8 +2,10 @@
 
 import os
 import pathlib
+import struct
 import subprocess
 import sys
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -46,6 +48,17 @@ def make_corpus(root, per_folder=8, size=(40, 48), seed=0):
                 image[label::3, :, :] //= 4  # stripes whose phase is the class
                 write_image(os.path.join(root, name, arch, f"img {i:03d}.png"), image)
     return str(root)
+
+
+def png_declaring(width, height, idat=None):
+    """A PNG whose chunk CRCs are all correct, declaring ``width`` x ``height`` in its IHDR, whatever
+    its pixel data (``idat``; default: a few compressed rows of zeros) holds."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000) if idat is None else idat)
+            + chunk(b"IEND", b""))
 
 
 @pytest.fixture

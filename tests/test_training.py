@@ -8,6 +8,7 @@ import sys
 import textwrap
 from collections import Counter
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -149,3 +150,43 @@ def test_base_and_complete_stages_under_mirrored_strategy_on_two_cpus(tmp_path):
     results = run.evaluate_raw(cfg, corpus, source)
     assert results["raw"]["three_class"]["n"] > 0
     assert not tf.distribute.has_strategy()
+
+
+def _not_weights(tmp_path, name):
+    """A file named like weights that holds none: garbage, or an HDF5 file cut short."""
+    import h5py
+
+    path = tmp_path / f"{name}.weights.h5"
+    if name == "garbage":
+        path.write_bytes(b"not HDF5 at all")
+    else:
+        with h5py.File(path, "w") as f:
+            f.create_dataset("kernel", data=np.zeros((256, 256), np.float32))
+        path.write_bytes(path.read_bytes()[:1000])
+    return path
+
+
+@pytest.mark.parametrize("case", ["workdir_is_a_file", "imagenet_offline", "garbage_weights", "truncated_weights",
+                                  "demo_pointed_at_a_users_corpus"])
+def test_mistakes_that_used_to_end_in_tracebacks_are_one_line_before_the_corpus_scan(tmp_path, case):
+    data = make_corpus(tmp_path / "corpus", per_folder=2)
+    work, dense = f"--workdir={tmp_path / 'w'}", ["--backbone=densenet121", "--image_size=32", "--batch_size=8"]
+    not_weights = "is not a weights file of the densenet121 backbone at 32x32"
+    if case == "workdir_is_a_file":  # a usage error: the line comes after the script's one-line description
+        (tmp_path / "a_file").write_text("")
+        args, message = [f"--workdir={tmp_path / 'a_file'}", f"--data_dir={data}", *TINY], [
+            f"--workdir={tmp_path / 'a_file'} is a file, not a folder"]
+    elif case == "imagenet_offline":
+        args, message = [work, f"--data_dir={data}", *dense, "--weights=imagenet"], [
+            "error: the ImageNet weights of densenet121 could not be downloaded", "--weights=PATH"]
+    elif case.endswith("_weights"):
+        path = _not_weights(tmp_path, case.split("_")[0])
+        args, message = [work, f"--data_dir={data}", *dense, f"--weights={path}"], [f"error: --weights={path} {not_weights}"]
+    else:  # what the demo flagfile does, with --data_dir pointed at a user's corpus
+        args, message = [work, f"--data_dir={data}", "--make_demo_corpus", *TINY], [f"error: {data} already holds other data"]
+    result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], capture_output=True, text=True,
+                            timeout=300, cwd=REPO, env={**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]  # KERAS_HOME: no cached ImageNet weights
+    assert result.returncode == 1 and all(m in lines[-1] for m in message), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "corpus:" not in result.stdout
+    assert len(lines) == (1 if message[0].startswith("error:") else 2), lines
