@@ -35,17 +35,21 @@ def model_paths() -> dict[str, str]:
     return paths
 
 
-def protocols(has_test_data: bool) -> list[str]:
-    """``--protocols``, or every protocol that has data."""
+def protocols(has_test_data: bool, has_holdout: bool) -> list[str]:
+    """``--protocols``, or every protocol that has data (holdout: a workdir with holdout.csv)."""
     if FLAGS.protocols:
         wanted = list(dict.fromkeys(FLAGS.protocols))
         if "generalization" in wanted and not FLAGS.generalization_dir:
             raise app.UsageError("--protocols=generalization needs --generalization_dir=FOLDER")
-        if {"raw", "robustness"} & set(wanted) and not has_test_data:
-            raise app.UsageError("the raw and robustness protocols need the test data: give --data_dir=FOLDER "
+        if "holdout" in wanted and not has_holdout:
+            raise app.UsageError("--protocols=holdout needs a --workdir trained with --holdout_architectures "
+                                 "(its holdout.csv)")
+        if {"raw", "robustness", "holdout"} & set(wanted) and not has_test_data:
+            raise app.UsageError("the raw, robustness and holdout protocols need the test data: give --data_dir=FOLDER "
                                  "(or --data=tfds:dfx_corpus/CONFIG)")
         return wanted
-    found = (["raw", "robustness"] if has_test_data else []) + (["generalization"] if FLAGS.generalization_dir else [])
+    found = ((["raw", "robustness"] + (["holdout"] if has_holdout else [])) if has_test_data else []) + \
+        (["generalization"] if FLAGS.generalization_dir else [])
     if not found:
         raise app.UsageError("nothing to evaluate on: give --data_dir=FOLDER (the corpus, or a workdir whose "
                              "flags.txt names it) and/or --generalization_dir=FOLDER")
@@ -78,8 +82,9 @@ def check_flags() -> dict:
     if FLAGS.generalization_dir and not os.path.isdir(FLAGS.generalization_dir):
         raise app.UsageError(f"--generalization_dir not found: {FLAGS.generalization_dir}")
     paths = model_paths()
-    plan = {"data_dir": data.get("data_dir"), "data": data.get("data"), "models": paths,
-            "protocols": protocols(bool(data)), "results_dir": results_dir(list(paths))}
+    held = holdout_samples()
+    plan = {"data_dir": data.get("data_dir"), "data": data.get("data"), "models": paths, "holdout": held,
+            "protocols": protocols(bool(data), bool(held)), "results_dir": results_dir(list(paths))}
     from dfx_keras.durable import check_writable_folder
 
     try:  # the results of hours of protocols must have somewhere to go
@@ -89,18 +94,35 @@ def check_flags() -> dict:
     return plan
 
 
-def open_test_data(data_dir: str | None, data: str | None):
-    """The corpus and its image source: a prepared tfds dataset (``--data=tfds:...``) or the
-    folder, listed without opening every file (unreadable images are skipped and counted by
-    the protocols; a full check of all pools would read the whole corpus)."""
+def holdout_samples() -> list:
+    """The images the workdir's training run held out (its holdout.csv; none without one)."""
+    if not FLAGS.workdir:
+        return []
+    from dfx_keras.data import holdout
+
+    try:
+        return holdout.read_holdout_csv(os.path.join(FLAGS.workdir, holdout.HOLDOUT_CSV))
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+
+
+def open_test_data(data_dir: str | None, data: str | None, held_out: list):
+    """The corpus without the held-out folders, and its image source: a prepared tfds dataset
+    (``--data=tfds:...``) or the folder, listed without opening every file (unreadable images
+    are skipped and counted by the protocols; a full check of all pools would read the whole
+    corpus)."""
+    from dfx_keras.data import holdout
+
     if data:
         from dfx_keras.data import tfds_source
 
-        return tfds_source.open_tfds(data)
-    from dfx_keras.data import corpus as corpus_lib
-    from dfx_keras.data import pipelines
+        corpus, source = tfds_source.open_tfds(data)
+    else:
+        from dfx_keras.data import corpus as corpus_lib
+        from dfx_keras.data import pipelines
 
-    return corpus_lib.scan_corpus(data_dir, check=False), pipelines.folder_source(data_dir)
+        corpus, source = corpus_lib.scan_corpus(data_dir, check=False), pipelines.folder_source(data_dir)
+    return holdout.without_folders(corpus, holdout.held_out_folders(held_out)), source
 
 
 def evaluate(plan: dict) -> dict:
@@ -109,12 +131,12 @@ def evaluate(plan: dict) -> dict:
 
     corpus = source = None
     if plan["protocols"] != ["generalization"]:
-        corpus, source = open_test_data(plan["data_dir"], plan["data"])
+        corpus, source = open_test_data(plan["data_dir"], plan["data"], plan["holdout"])
         print(f"test pool: {len(evaluation.test_data(corpus)[0])} images of {corpus.root}")
     if "generalization" in plan["protocols"]:
         evaluation.generalization_sets(FLAGS.generalization_dir)  # layout errors before any model loads
     _, written = run.evaluate(plan["models"], plan["protocols"], plan["results_dir"], corpus, source,
-                              FLAGS.generalization_dir, FLAGS.batch_size, FLAGS.seed)
+                              FLAGS.generalization_dir, FLAGS.batch_size, FLAGS.seed, plan["holdout"])
     return written
 
 
@@ -130,6 +152,8 @@ def print_summary(written: dict, seconds: float) -> None:
         for key in ("jpeg_qf50", "blur_k7"):
             if key in blocks.get("robustness", {}):
                 parts.append(f"{key} binary {blocks['robustness'][key]['accuracy']:.4f}")
+        if "mean" in blocks.get("holdout", {}):
+            parts.append(f"held-out folders mean binary {blocks['holdout']['mean']['accuracy']:.4f}")
         if "generalization_mean" in blocks:
             parts.append(f"generalization mean {blocks['generalization_mean']['accuracy']:.4f}")
         print(f"{name}: " + "; ".join(parts))

@@ -428,8 +428,10 @@ def generalization_protocol(classifier: Classifier, root: str, batch_size: int
 
 def evaluate(classifier: Classifier, protocols: Sequence[str], source=None,
              test_samples: Sequence[corpus_lib.Sample] = (), generalization_dir: str | None = None,
-             batch_size: int = 32, seed: int = 42) -> tuple[dict, list[tuple[str, str, Predictions]]]:
-    """Run ``protocols`` (raw, robustness, generalization) for one model.
+             batch_size: int = 32, seed: int = 42, holdout: Sequence[corpus_lib.Sample] = ()
+             ) -> tuple[dict, list[tuple[str, str, Predictions]]]:
+    """Run ``protocols`` (raw, robustness, generalization, holdout) for one model; ``holdout``:
+    the images of the folders a leave-generators-out run kept out (``data.holdout``).
 
     Returns the results.json blocks and every pass' predictions as ``(protocol, attack,
     Predictions)`` for predictions.csv (attack "none" for clean images; a generalization set's
@@ -447,6 +449,12 @@ def evaluate(classifier: Classifier, protocols: Sequence[str], source=None,
         results["generalization"], results["generalization_mean"], sets = generalization_protocol(
             classifier, generalization_dir, batch_size)
         passes.extend(("generalization", "none", p) for p in sets.values())
+    if "holdout" in protocols:
+        from dfx_keras import holdout_protocol
+
+        sets = holdout_protocol.holdout_sets(test_samples, holdout, seed)
+        results["holdout"], held = holdout_protocol.holdout_protocol(classifier, source, sets, batch_size)
+        passes.extend(("holdout", "none", p) for p in held.values())
     return results, passes
 
 

@@ -14,7 +14,8 @@ from dfx_keras.models import FROZEN_BN_MODES
 STAGES = ("all", "base", "complete", "baseline")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-PROTOCOLS = ("raw", "robustness", "generalization")
+PROTOCOLS = ("raw", "robustness", "generalization", "holdout")
+BASE_OBJECTIVES = ("cross_entropy", "contrastive")
 AUGMENT_KINDS = ("jpeg", "blur")  # the kinds of dfx_keras.data.attacks.random_augment
 
 
@@ -97,6 +98,16 @@ def define_train_flags():
     flags.DEFINE_bool("train_baseline", False, "With --stage=all, also train the single-backbone baseline "
                       "(--stage=baseline) after the complete model, and report its test accuracy beside the "
                       "complete model's. Not part of the paper's recipe.")
+    flags.DEFINE_list("holdout_architectures", [], "Leave generators out: <class>/<folder> names (e.g. "
+                      "gan_generated/StyleGAN2,dm_generated/Glide) kept out of every stage (base models, complete "
+                      "model, baseline, validation sets, test pool). Their images are listed in <workdir>/holdout.csv "
+                      "and evaluate.py reports each folder as a binary set against test-pool images of the other side "
+                      "(results.json \"holdout\").")
+    flags.DEFINE_enum("base_objective", "cross_entropy", BASE_OBJECTIVES, "How the base models train: "
+                      "cross_entropy (DeepFeatureX Net: a main-vs-rest head on the deliberately unbalanced set) or "
+                      "contrastive (DeepFeatureX-SN: balanced main-vs-rest pairs, contrastive loss on the pooled "
+                      "features with margin 2; the model keeps its main and rest feature centroids as its head). "
+                      "Same optimizer and schedule flags; the complete model is unchanged.")
     flags.mark_flag_as_required("workdir")
 
 

@@ -266,13 +266,29 @@ def _generalization_section(models: Mapping[str, Mapping]) -> list[str]:
     return ["## Generalization (binary, every image of each set; mean over sets)", "", table, ""]
 
 
+def _holdout_section(models: Mapping[str, Mapping]) -> list[str]:
+    tables = {model: {**{k: v for k, v in blocks["holdout"].items() if k != "mean"},
+                      "**mean**": blocks["holdout"].get("mean", {})}
+              for model, blocks in models.items() if blocks.get("holdout")}
+    if not tables:
+        return []
+    columns = [(c.upper() if c in ("auc", "ap") else c, c) for c in ("accuracy", "auc", "ap")]
+    table = _side_by_side("held-out folder", tables, [("n", "n"), ("n held out", "n_holdout")], columns)
+    return ["## Held-out folders (leave-generators-out)", "", "Folders kept out of every training stage "
+            "(--holdout_architectures). Each is a balanced binary set: its images against as many test-pool "
+            "images of the other side (real images for a generator's folder, fakes for a real one); mean over "
+            "folders.", "", table, ""]
+
+
 def _skipped_section(models: Mapping[str, Mapping], data: Mapping) -> list[str]:
     """Every image left out, by pass: never silently."""
     counts, paths = [], dict.fromkeys(data.get("skipped_at_scan", []))
     if paths:
         counts.append(["all", "corpus scan (test pool)", len(paths)])
     for model, blocks in models.items():
-        passes = {"raw": blocks.get("raw", {}), **blocks.get("robustness", {}), **blocks.get("generalization", {})}
+        held_out = {k: v for k, v in blocks.get("holdout", {}).items() if k != "mean"}
+        passes = {"raw": blocks.get("raw", {}), **blocks.get("robustness", {}), **blocks.get("generalization", {}),
+                  **held_out}
         counts += [[model, name, block["skipped"]] for name, block in passes.items() if block.get("skipped")]
         paths.update(dict.fromkeys(p for block in passes.values() for p in block.get("skipped_images", [])))
     if not counts:
@@ -292,6 +308,8 @@ def results_markdown(results: Mapping, confusion_plots: Mapping[str, str] = {}, 
     lines = ["# Evaluation results", ""]
     if data:
         lines.append(f"- test data: `{data.get('source')}`, test pool {data.get('test_images')} images")
+        if data.get("holdout_folders"):
+            lines.append(f"- held out of training and of the test pool: {', '.join(data['holdout_folders'])}")
     lines += [f"- {name}: `{blocks.get('model', {}).get('path', '?')}`" for name, blocks in models.items()]
     lines.append("")
     lines += _raw_section(models)
@@ -299,6 +317,7 @@ def results_markdown(results: Mapping, confusion_plots: Mapping[str, str] = {}, 
     lines += _per_architecture_section(models)
     lines += _robustness_section(models, attacks_plot)
     lines += _generalization_section(models)
+    lines += _holdout_section(models)
     lines += _skipped_section(models, data)
     return "\n".join(lines)
 

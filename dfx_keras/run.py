@@ -12,14 +12,15 @@ from typing import Iterator, Mapping, Sequence
 from dfx_keras import backbones, durable, evaluation, reports, training
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data import corpus as corpus_lib
+from dfx_keras.data import holdout as data_holdout
 from dfx_keras.data import pipelines
 
 
 def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus: bool = False,
               write_split: bool = True, data: str | None = None):
-    """The scanned corpus (split.csv written unless ``write_split=False``) and the source that
-    reads its images: the corpus folder, or a prepared tfds dataset when ``data`` is
-    ``tfds:NAME/CONFIG``.
+    """The scanned corpus without ``cfg.holdout_architectures`` (split.csv and holdout.csv
+    written unless ``write_split=False``) and the source that reads its images: the corpus
+    folder, or a prepared tfds dataset when ``data`` is ``tfds:NAME/CONFIG``.
 
     A folder's training images (pools 0 and 1) are decoded once, so that any the decoder
     refuses are named and counted here rather than dropped silently mid-epoch (the test pool's
@@ -35,11 +36,14 @@ def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus:
 
             demo.ensure_demo_corpus(data_dir)
         corpus, source = corpus_lib.scan_corpus(data_dir, max_pixels=cfg.max_pixels), pipelines.folder_source(data_dir)
+    corpus, held = data_holdout.split_holdout(corpus, data_holdout.normalize(cfg.holdout_architectures))
+    if not data:
         training_images = [s for s in corpus.samples if s.pool != corpus_lib.TEST_POOL]
         corpus = corpus.without(pipelines.undecodable(source, training_images), "TensorFlow cannot decode it")
     if write_split:  # the reference's guidance.csv
         os.makedirs(cfg.workdir, exist_ok=True)
         corpus_lib.write_split_csv(corpus.samples, cfg.path("split.csv"))
+        data_holdout.record_holdout(cfg.workdir, held)
     return corpus, source
 
 
@@ -75,14 +79,17 @@ def recorded_data_flags(workdir: str) -> dict[str, str]:
 
 def evaluate(model_paths: Mapping[str, str], protocols: Sequence[str], results_dir: str,
              corpus: corpus_lib.Corpus | None = None, source=None, generalization_dir: str | None = None,
-             batch_size: int = 32, seed: int = 42) -> tuple[dict, dict]:
+             batch_size: int = 32, seed: int = 42, holdout: Sequence[corpus_lib.Sample] = ()) -> tuple[dict, dict]:
     """Test protocols of the models (name -> path; the first is the main one, the others, such
-    as the baseline, are reported beside it) on the corpus' test pool and/or a generalization
-    folder; writes ``results_dir``. Returns the results and the written paths."""
+    as the baseline, are reported beside it) on the corpus' test pool (``corpus`` without its
+    held-out folders), the ``holdout`` images and/or a generalization folder; writes
+    ``results_dir``. Returns the results and the written paths."""
     data_kwargs, data = {}, {}
     if corpus is not None:
         test_samples, data = evaluation.test_data(corpus)
-        data_kwargs = {"source": source, "test_samples": test_samples}
+        data_kwargs = {"source": source, "test_samples": test_samples, "holdout": holdout}
+        if holdout:
+            data["holdout_folders"] = data_holdout.held_out_folders(holdout)
     classifiers = [evaluation.load_classifier(path, name) for name, path in model_paths.items()]
     results, passes = evaluation.evaluate_models(classifiers, protocols, generalization_dir=generalization_dir,
                                                  batch_size=batch_size, seed=seed, **data_kwargs)
@@ -93,13 +100,14 @@ def evaluate(model_paths: Mapping[str, str], protocols: Sequence[str], results_d
 
 def evaluate_raw(cfg: training.TrainConfig, corpus, source) -> dict:
     """Raw test of the workdir's complete model, and of its baseline beside it when
-    ``models/baseline.keras`` exists, reported in ``results/`` (evaluate.py adds the attacks
-    and generalization)."""
+    ``models/baseline.keras`` exists, and its held-out folders (``holdout.csv``), reported in
+    ``results/`` (evaluate.py adds the attacks and generalization)."""
     paths = {"complete": cfg.path("models", "complete.keras")}
     if os.path.exists(cfg.path("models", "baseline.keras")):
         paths[evaluation.BASELINE] = cfg.path("models", "baseline.keras")
-    results, _ = evaluate(paths, ["raw"], cfg.path("results"), corpus, source, batch_size=cfg.batch_size,
-                          seed=cfg.seed)
+    held = data_holdout.read_holdout_csv(cfg.path(data_holdout.HOLDOUT_CSV))
+    results, _ = evaluate(paths, ["raw", "holdout"] if held else ["raw"], cfg.path("results"), corpus, source,
+                          batch_size=cfg.batch_size, seed=cfg.seed, holdout=held)
     return results
 
 
@@ -115,6 +123,7 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
     dist = training.get_strategy(strategy)  # first: a multi-worker strategy must exist before TensorFlow starts
     training.check_batch_size(cfg.batch_size, dist)
     chief = training.is_chief(dist)
+    data_holdout.check_workdir_holdout(cfg.workdir, data_holdout.normalize(cfg.holdout_architectures))
     if stage in ("all", "base", "baseline"):  # a failed download or a bad file, before the corpus is scanned
         backbones.check_weights(cfg.backbone, cfg.image_size, cfg.weights)
     corpus, source = open_data(cfg, data_dir, make_demo_corpus, write_split=chief, data=data)
@@ -158,6 +167,12 @@ def print_summary(outcome: dict, seconds: float) -> None:
         for name, raw in [("complete", results["raw"])] + ([(evaluation.BASELINE, baseline)] if baseline else []):
             print(f"{name:<16} {raw['three_class']['accuracy']:>8.4f} {raw['binary']['accuracy']:>8.4f} "
                   f"{raw['binary']['auc']:>8.4f}  {raw['three_class']['n']} / {raw['binary']['n']}")
+        for name, blocks in [("complete", results)] + ([(evaluation.BASELINE, results[evaluation.BASELINE])]
+                                                        if evaluation.BASELINE in results else []):
+            if blocks.get("holdout"):
+                mean = blocks["holdout"]["mean"]
+                print(f"{name}: held-out folders ({mean['sets']}) mean binary accuracy {mean['accuracy']:.4f}, "
+                      f"AUC {mean['auc']:.4f}")
         print(f"results: {outcome['results_path']}")
     if outcome.get("export_path"):
         print(f"SavedModel for TF Serving: {outcome['export_path']}")

@@ -29,6 +29,10 @@ def _check_flags() -> None:
     if FLAGS.data_dir and not FLAGS.make_demo_corpus and not os.path.isdir(FLAGS.data_dir):
         raise app.UsageError(f"--data_dir not found: {FLAGS.data_dir}")
     durable.check_writable_folder(FLAGS.workdir, "--workdir")
+    if FLAGS.holdout_architectures and FLAGS.data_dir and os.path.isdir(FLAGS.data_dir):
+        from dfx_keras.data import holdout
+
+        holdout.check_names(holdout.normalize(FLAGS.holdout_architectures), holdout.folders_on_disk(FLAGS.data_dir))
 
 
 def write_flags(path: str) -> None:
@@ -53,6 +57,7 @@ def config_from_flags():
         augment_p=FLAGS.augment_p, precision=FLAGS.precision,
         jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
         sync_batchnorm=FLAGS.sync_batchnorm, bn_momentum=FLAGS.bn_momentum, frozen_bn=FLAGS.frozen_bn,
+        holdout_architectures=tuple(FLAGS.holdout_architectures), base_objective=FLAGS.base_objective,
         overwrite=FLAGS.overwrite)
 
 

@@ -63,6 +63,8 @@ class TrainConfig:
     sync_batchnorm: bool = True
     bn_momentum: float = BN_MOMENTUM  # the backbones' BatchNorm momentum (Keras convention)
     frozen_bn: str = "inference"  # models.FROZEN_BN_MODES: the frozen base models' BatchNorm in the complete stage
+    holdout_architectures: Sequence[str] = ()  # "<class>/<folder>" kept out of every stage (data.holdout)
+    base_objective: str = "cross_entropy"  # BASE_OBJECTIVES: how the base models train (contrastive: DeepFeatureX-SN)
     overwrite: bool = False
     verbose: int | str = "auto"
     extra_callbacks: Sequence[keras.callbacks.Callback] = ()

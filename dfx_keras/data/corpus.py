@@ -211,14 +211,15 @@ def scan_corpus(root: str, check: bool = True, workers: int | None = None,
     return Corpus(root, kept, skipped, unreadable)
 
 
-def write_split_csv(samples: Iterable[Sample], path: str) -> None:
-    """Write the pool assignment as the reference's guidance.csv (label=pool, image_path, model)."""
+def write_split_csv(samples: Iterable[Sample], path: str, label: str | None = None) -> None:
+    """Write the pool assignment as the reference's guidance.csv (label=pool, image_path, model);
+    ``label`` replaces the pool in every row (``holdout.csv``)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(SPLIT_COLUMNS)
         for s in samples:
-            writer.writerow([s.pool, s.path, s.architecture])
+            writer.writerow([s.pool if label is None else label, s.path, s.architecture])
     os.replace(tmp, path)
 
 
