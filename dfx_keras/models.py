@@ -30,6 +30,14 @@ def base_model_name(main_class: str) -> str:
     return f"bm_{SHORT_NAMES[main_class]}"
 
 
+def build_feature_extractor(backbone: str, image_size: int | None = None, weights: str | None = None,
+                            name: str = "feature_extractor",
+                            bn_momentum: float = backbones.BN_MOMENTUM) -> keras.Model:
+    """Image -> backbone preprocessing -> backbone -> ``features``: a base model before its head
+    (the Siamese branch of a contrastive base model)."""
+    return keras.Model(*_image_to_features(backbone, image_size, weights, bn_momentum), name=name)
+
+
 def _image_to_features(backbone: str, image_size: int | None, weights: str | None, bn_momentum: float):
     """Input and ``features`` tensors of a backbone with its own preprocessing in front."""
     spec = backbones.get_backbone(backbone)
@@ -166,7 +174,7 @@ def load_model(path: str) -> keras.Model:
     ``mixed_float16`` model rebuilds its loss-scale optimizer as a plain one and warns that it
     skipped the saved optimizer's variables.
     """
-    from dfx_keras import optimizers  # noqa: F401  registers the optimizer: nested models may be compiled
+    from dfx_keras import contrastive, optimizers  # noqa: F401  register the centroid head and the optimizer
 
     return keras.models.load_model(path, safe_mode=True, compile=False)
 

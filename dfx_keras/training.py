@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dfx_keras import durable, models
+from dfx_keras import contrastive, durable, models
 from dfx_keras.backbones import BN_MOMENTUM, nested_layers
 from dfx_keras.classes import CLASS_NAMES, class_id
 from dfx_keras.data import attacks
@@ -168,15 +168,16 @@ def jit_compile(cfg: TrainConfig, replicas: int) -> bool | str:
     return cfg.jit_compile
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig, replicas: int = 1) -> keras.Model:
-    """Adam with coupled L2, cross-entropy on logits, accuracy; XLA per ``jit_compile``.
+def compile_model(model: keras.Model, cfg: TrainConfig, replicas: int = 1, loss=None, metrics=None) -> keras.Model:
+    """Adam with coupled L2, cross-entropy on logits and accuracy unless ``loss`` and
+    ``metrics`` are given (the contrastive base models); XLA per ``jit_compile``.
 
     Under ``mixed_float16`` Keras wraps the optimizer in a ``LossScaleOptimizer`` itself.
     """
     model.compile(
         optimizer=AdamL2(l2=cfg.weight_decay, learning_rate=cfg.learning_rate, beta_1=0.9, beta_2=0.999),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=metrics or [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile(cfg, replicas),
     )
     return model
@@ -282,8 +283,9 @@ def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
 
 
 def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, val_ds: tf.data.Dataset,
-        cfg: TrainConfig, strategy: tf.distribute.Strategy, train_size: int) -> tuple[keras.Model, dict]:
-    """Train ``build()`` for ``cfg.epochs`` with resume, logs and best-val-loss selection.
+        cfg: TrainConfig, strategy: tf.distribute.Strategy, train_size: int, **compile_args) -> tuple[keras.Model, dict]:
+    """Train ``build()`` for ``cfg.epochs`` with resume, logs and best-val-loss selection
+    (``compile_args``: ``compile_model``'s loss and metrics, when not cross-entropy).
 
     ``build`` runs inside ``strategy.scope()`` under ``cfg.precision``; the datasets hold
     global batches, which the strategy splits across replicas. Only the chief writes the
@@ -303,7 +305,7 @@ def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, 
 
     def new_model() -> keras.Model:
         keras.utils.set_random_seed(cfg.seed)
-        return compile_model(build(), cfg, replicas)
+        return compile_model(build(), cfg, replicas, **compile_args)
 
     with _stage_files(cfg, name, chief) as (backup_dir, best_path, csv_path):
         backup = StageBackup(backup_dir, best_path, csv_path)
@@ -451,6 +453,8 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
     model_path = cfg.path("models", f"{name}.keras")
     if _skip(cfg, model_path):
         return None
+    if cfg.base_objective == "contrastive":
+        return train_contrastive_base_model(cfg, corpus, source, main_class, strategy)
     train_ds, val_ds, train, val = base_model_data(cfg, corpus, source, main_class, worker_share(strategy))
     others = corpus_lib.fraction_others(train + val, class_id(main_class))
     counts = corpus_lib.base_model_counts(train, class_id(main_class))
@@ -463,6 +467,48 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
                          train_ds, val_ds, cfg, strategy, len(train))
     return finish_stage(cfg, name, model, model_path, {**summary, "train_images": len(train), "val_images": len(val),
                                                        "others_share": others, **counts}, strategy)
+
+
+def train_contrastive_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str,
+                                 strategy: tf.distribute.Strategy) -> dict:
+    """DeepFeatureX-SN's base model: the Siamese backbone trained on pairs of its balanced
+    main-vs-rest set, saved with the main and rest centroids of its training split as its head;
+    stages.json records the validation contrastive loss and nearest-centroid accuracy."""
+    if not isinstance(source, pipelines.FolderSource):
+        raise SettingsError("--base_objective=contrastive reads image pairs by path: give the corpus folder "
+                            "with --data_dir (a tfds dataset is read in record order)")
+    seed_stage(cfg)
+    name, main = models.base_model_name(main_class), class_id(main_class)
+    subset = contrastive.balanced_main_vs_rest(corpus.pool(corpus_lib.BASE_POOL), main, cfg.seed)
+    train, val = corpus_lib.holdout_split(subset, cfg.val_fraction, salt=f"val-{name}")
+    check_sizes(name, train, val)
+    is_main = {"train": np.array([s.label == main for s in train]), "val": np.array([s.label == main for s in val])}
+    pairs = {split: contrastive.draw_partners(is_main[split], cfg.seed + i) for i, split in enumerate(is_main)}
+    train_ds = contrastive.pair_dataset(source, train, *pairs["train"], cfg.image_size, cfg.batch_size,
+                                        shuffle_seed=cfg.seed, transform=augmentation(cfg), share=worker_share(strategy))
+    val_ds = contrastive.pair_dataset(source, val, *pairs["val"], cfg.image_size, cfg.batch_size)
+    logging.info("%s (contrastive): %d train / %d val images, %.0f%% same-side training pairs", name, len(train),
+                 len(val), 100 * np.mean(pairs["train"][1] == contrastive.SAME))
+
+    def build():
+        return contrastive.build_siamese(models.build_feature_extractor(
+            cfg.backbone, cfg.image_size, cfg.weights, name=f"{name}_features", bn_momentum=cfg.bn_momentum), name)
+
+    siamese, summary = fit(name, build, train_ds, val_ds, cfg, strategy, len(train), loss=contrastive.contrastive_loss,
+                           metrics=[keras.metrics.MeanMetricWrapper(contrastive.pair_accuracy, name="accuracy")])
+    embedder = siamese.get_layer(f"{name}_features")
+    features = {split: contrastive.embed(embedder, pipelines.image_dataset(
+        source, samples, cfg.image_size, cfg.batch_size, targets=is_main[split].astype(int).tolist()))
+        for split, samples in (("train", train), ("val", val))}
+    rest, main_centroid = contrastive.centroids(*features["train"])
+    accuracy = contrastive.nearest_centroid_accuracy(*features["val"], rest, main_centroid)
+    with strategy.scope():
+        model = contrastive.attach_centroids(embedder, rest, main_centroid, name)
+    summary = {**summary, "val_pair_accuracy": summary["val_accuracy"], "train_pair_accuracy": summary.pop("train_accuracy"),
+               "val_accuracy": accuracy, "val_centroid_accuracy": accuracy, "objective": "contrastive",
+               "margin": contrastive.MARGIN, "train_images": len(train), "val_images": len(val),
+               **corpus_lib.base_model_counts(train, main)}
+    return finish_stage(cfg, name, model, cfg.path("models", f"{name}.keras"), summary, strategy)
 
 
 def complete_split(corpus: corpus_lib.Corpus, val_fraction: float):
