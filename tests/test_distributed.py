@@ -63,6 +63,22 @@ def test_two_replicas_follow_the_one_device_loss_curve(tmp_path, corpus32):
         np.testing.assert_allclose(two, one, rtol=1e-3)
 
 
+@pytest.mark.slow
+def test_a_contrastive_base_model_follows_the_one_device_curve_on_two_replicas(tmp_path, corpus32):
+    """The pair stream is the same for every replica layout (seeded, drawn once), so the
+    contrastive loss curve and the centroids' validation accuracy match one device's."""
+    corpus, source = corpus32
+    runs = {}
+    for strategy in ("one_device", "mirrored"):
+        cfg = training.TrainConfig(workdir=str(tmp_path / strategy), epochs=2, base_objective="contrastive", **TINY)
+        summary = training.train_base_model(cfg, corpus, source, "real", training.get_strategy(strategy))
+        runs[strategy] = _curve(cfg, "bm_real"), summary["val_centroid_accuracy"]
+    assert runs["one_device"][0].shape == (2, 2)
+    np.testing.assert_allclose(runs["mirrored"][0], runs["one_device"][0], rtol=1e-3)
+    assert runs["mirrored"][1] == pytest.approx(runs["one_device"][1], abs=0.11)  # one val image of ~10 may flip
+    assert not tf.distribute.has_strategy()
+
+
 def test_the_global_batch_must_split_evenly_across_replicas():
     with pytest.raises(training.SettingsError, match="multiple of the 2 replicas"):
         training.check_batch_size(7, training.get_strategy("mirrored"))

@@ -112,18 +112,20 @@ KILLED_RUN = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
 
     cfg = training.TrainConfig(workdir={work!r}, backbone="tiny", weights=None, image_size=32, batch_size=8,
-                               epochs=4, verbose=0, extra_callbacks=[Kill()] if {kill} else [])
+                               epochs=4, verbose=0, extra_callbacks=[Kill()] if {kill} else [],
+                               base_objective={objective!r})
     corpus = corpus_lib.scan_corpus({data!r})
     training.train_base_model(cfg, corpus, pipelines.FolderSource({data!r}), "real", training.get_strategy())
 """)
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_at_the_next_epoch(tmp_path):
+@pytest.mark.parametrize("objective", ["cross_entropy", "contrastive"])
+def test_killed_training_resumes_at_the_next_epoch(tmp_path, objective):
     data = make_corpus(tmp_path / "corpus", per_folder=16)
     work = str(tmp_path / "work")
     script = lambda kill: KILLED_RUN.format(tests=os.path.dirname(__file__), kill_after=1, work=work, data=data,
-                                            kill=kill)
+                                            kill=kill, objective=objective)
     killed = subprocess.run([sys.executable, "-c", script(True)], capture_output=True, text=True, cwd=REPO)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert _csv_epochs(f"{work}/logs/bm_real.csv") == [0, 1]
