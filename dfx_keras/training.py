@@ -283,7 +283,8 @@ def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
 
 
 def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, val_ds: tf.data.Dataset,
-        cfg: TrainConfig, strategy: tf.distribute.Strategy, train_size: int, **compile_args) -> tuple[keras.Model, dict]:
+        cfg: TrainConfig, strategy: tf.distribute.Strategy, train_size: int,
+        **compile_args) -> tuple[keras.Model, dict]:
     """Train ``build()`` for ``cfg.epochs`` with resume, logs and best-val-loss selection
     (``compile_args``: ``compile_model``'s loss and metrics, when not cross-entropy).
 
@@ -485,7 +486,8 @@ def train_contrastive_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, so
     is_main = {"train": np.array([s.label == main for s in train]), "val": np.array([s.label == main for s in val])}
     pairs = {split: contrastive.draw_partners(is_main[split], cfg.seed + i) for i, split in enumerate(is_main)}
     train_ds = contrastive.pair_dataset(source, train, *pairs["train"], cfg.image_size, cfg.batch_size,
-                                        shuffle_seed=cfg.seed, transform=augmentation(cfg), share=worker_share(strategy))
+                                        shuffle_seed=cfg.seed, transform=augmentation(cfg),
+                                        share=worker_share(strategy))
     val_ds = contrastive.pair_dataset(source, val, *pairs["val"], cfg.image_size, cfg.batch_size)
     logging.info("%s (contrastive): %d train / %d val images, %.0f%% same-side training pairs", name, len(train),
                  len(val), 100 * np.mean(pairs["train"][1] == contrastive.SAME))
@@ -504,8 +506,8 @@ def train_contrastive_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, so
     accuracy = contrastive.nearest_centroid_accuracy(*features["val"], rest, main_centroid)
     with strategy.scope():
         model = contrastive.attach_centroids(embedder, rest, main_centroid, name)
-    summary = {**summary, "val_pair_accuracy": summary["val_accuracy"], "train_pair_accuracy": summary.pop("train_accuracy"),
-               "val_accuracy": accuracy, "val_centroid_accuracy": accuracy, "objective": "contrastive",
+    summary = {**summary, "val_pair_accuracy": summary["val_accuracy"],
+               "train_pair_accuracy": summary.pop("train_accuracy"), "val_accuracy": accuracy, "val_centroid_accuracy": accuracy, "objective": "contrastive",
                "margin": contrastive.MARGIN, "train_images": len(train), "val_images": len(val),
                **corpus_lib.base_model_counts(train, main)}
     return finish_stage(cfg, name, model, cfg.path("models", f"{name}.keras"), summary, strategy)
