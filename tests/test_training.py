@@ -59,6 +59,9 @@ def test_train_cli_runs_every_stage_and_honours_the_workdir_contract(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--backbone=resnet9000"], "resnet9000"),
     (["--backbone=tiny", "--weights=imagenet"], "--weights=none"),
+    (["--backbone=vit_b16"], "vit_b16 has no ImageNet weights published by Keras (--weights=imagenet); use "
+                             "--weights=torchvision:FILE"),
+    (["--backbone=resnet18", "--weights=torchvision:/no/such.pth"], "file not found: /no/such.pth"),
     (["--weights=/no/such/file.h5"], "not found: /no/such/file.h5"),
     (["--data_dir=/no/such/corpus"], "--data_dir not found"),
     (["--epochs=0"], "epochs"),
