@@ -244,6 +244,16 @@ def check_weights(name: str, weights: str | None) -> None:
     get_backbone(name).layout(resolve_weights(weights))
 
 
+def feature_map(backbone: keras.Model) -> keras.layers.Layer:
+    """The last spatial feature-map layer of a built backbone (Grad-CAM's target), whichever
+    layout it was built in: (batch, rows, cols, channels), a ViT's patch tokens as a grid."""
+    names = {layer.name for layer in backbone.layers}
+    for layout in get_backbone(backbone.name).layouts:
+        if layout.feature_map in names:
+            return backbone.get_layer(layout.feature_map)
+    raise ValueError(f"{backbone.name} has none of its registered feature-map layers")
+
+
 def preprocessing_mode(name: str, weights: str | None) -> str:
     """The input normalisation that ``weights`` expect on backbone ``name``."""
     return get_backbone(name).layout(weights).preprocessing

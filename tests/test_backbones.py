@@ -127,7 +127,9 @@ def test_torchvision_layouts_hold_torchvisions_tensors(built, name):
     spec = backbones.get_backbone(name)
     model = built(name)
     assert model.output_shape == (None, spec.feature_dim)
-    grid = model.get_layer(spec.layout(TORCHVISION_WEIGHTS).feature_map).output.shape
+    feature_map = backbones.feature_map(model)
+    assert feature_map.name == spec.layout(TORCHVISION_WEIGHTS).feature_map
+    grid = feature_map.output.shape
     assert len(grid) == 4 and grid[-1] == spec.feature_dim
     assert grid[1:3] == ((14, 14) if name == "vit_b16" else (7, 7) if name == "vit_b32" else (8, 8))
     theirs = {t: tuple(shape) for t, shape in TORCHVISION["models"][name]
@@ -314,7 +316,7 @@ def test_each_family_trains_mirrored_saves_loads_safely_and_exports(corpus16, tm
     assert summary["epochs"] == 1 and np.isfinite(summary["val_loss"])
     loaded = models.load_model(cfg.path("models", "baseline.keras"))
     assert loaded.get_layer("preprocessing").mode == "torch"
-    assert len(loaded.get_layer(spec.name).get_layer(feature_map).output.shape) == 4
+    assert backbones.feature_map(loaded.get_layer(spec.name)).name == feature_map
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)), tf.float32)
     expected = tf.nn.softmax(loaded(images, training=False)).numpy()
     exported = export.export_saved_model(loaded, str(tmp_path / "export"))

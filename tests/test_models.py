@@ -125,8 +125,9 @@ def test_registered_feature_sizes_and_feature_maps(name, dim):
     spec = backbones.get_backbone(name)
     model = backbones.build_backbone(name, 75 if name == "inception_v3" else 64)
     assert spec.feature_dim == dim and model.output_shape == (None, dim)
-    feature_map = model.get_layer(spec.layouts[0].feature_map).output.shape  # for Grad-CAM
-    assert len(feature_map) == 4 and feature_map[-1] == dim
+    feature_map = backbones.feature_map(model)  # for Grad-CAM
+    assert feature_map.name == spec.layouts[0].feature_map
+    assert len(feature_map.output.shape) == 4 and feature_map.output.shape[-1] == dim
 
 
 def test_adam_l2_is_coupled_weight_decay():
