@@ -66,13 +66,14 @@ def main(argv):
     os.makedirs(FLAGS.workdir, exist_ok=True)
     write_flags(os.path.join(FLAGS.workdir, "flags.txt"))
     from dfx_keras.data.corpus import CorpusError
+    from dfx_keras.torchvision_weights import StateDictError
     from dfx_keras.training import SettingsError
 
     try:
         outcome = run.train(config_from_flags(), data_dir=FLAGS.data_dir, data=FLAGS.data, stage=FLAGS.stage,
                             main_class=FLAGS.main_class, strategy=FLAGS.strategy,
                             make_demo_corpus=FLAGS.make_demo_corpus, evaluate=FLAGS.evaluate)
-    except (CorpusError, FileNotFoundError, SettingsError) as e:
+    except (CorpusError, FileNotFoundError, SettingsError, StateDictError) as e:
         sys.exit(f"error: {e}")
     run.print_summary(outcome, time.time() - start)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -70,6 +71,19 @@ def test_bad_flags_fail_with_one_clear_line(tmp_path, args, message):
     result = _train_cli(f"--workdir={tmp_path}/w", "--data_dir=/tmp", *args, timeout=120)
     assert result.returncode != 0 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_state_dict_that_does_not_fit_stops_train_py_in_one_line(tmp_path):
+    """Detected when the first base model is built, after the corpus scan."""
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(1, np.float32)}, str(tmp_path / "other.safetensors"))
+    data = make_corpus(tmp_path / "corpus", per_folder=16)
+    result = _train_cli(f"--workdir={tmp_path}/w", f"--data_dir={data}", "--backbone=resnet18", "--image_size=32",
+                        f"--weights=torchvision:{tmp_path}/other.safetensors", timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "does not fit resnet18 (torchvision layout): missing tensors: conv1.weight, bn1.weight" in result.stderr
+    assert "unexpected tensors: x" in result.stderr
 
 
 KILLED_RUN = textwrap.dedent("""
