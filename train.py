@@ -1,4 +1,4 @@
-"""Train DeepFeatureX Net: ``python train.py --flagfile=configs/demo.flags`` (see --helpfull)."""
+"""Train DeepFeatureX Net: ``python train.py --flagfile=dfx_keras/configs/demo.flags`` (see --helpfull)."""
 
 from dfx_keras.cli import train
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from datasets.dfx_corpus import dfx_corpus_dataset_builder as builder_lib  # noqa: E402
-from datasets.dfx_corpus import synthetic  # noqa: E402
+from dfx_keras.datasets.dfx_corpus import dfx_corpus_dataset_builder as builder_lib  # noqa: E402
+from dfx_keras.datasets.dfx_corpus import synthetic  # noqa: E402
 
 TARGET_IMAGES_PER_S = 20.0
 BEAM_FLAGS = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]

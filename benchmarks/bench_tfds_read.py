@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from benchmarks.bench_input_pipeline import bare_map, consume, rate  # noqa: E402
 from benchmarks.bench_tfds_prepare import ensure_corpus, prepare  # noqa: E402
-from datasets.dfx_corpus import dfx_corpus_dataset_builder as builder_lib  # noqa: E402
+from dfx_keras.datasets.dfx_corpus import dfx_corpus_dataset_builder as builder_lib  # noqa: E402
 from dfx_keras.data import corpus as corpus_lib  # noqa: E402
 
 BATCH = 32

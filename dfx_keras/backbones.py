@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Callable
+import urllib.error
+from typing import Callable, Iterator
 
 import keras
 from keras import layers, ops
@@ -27,6 +28,11 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # BGR means subtracted by the "caffe" mode (ResNet in keras.applications).
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# BatchNorm momentum of every backbone (Keras convention: moving = m * moving + (1 - m) * batch).
+# The reference fine-tunes torchvision models, whose PyTorch momentum 0.1 is Keras' 0.9;
+# keras.applications builds 0.99, which after a short or from-scratch run leaves the running
+# statistics near their initial values: in inference mode such a model predicts one class.
+BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="dfx_keras")
@@ -65,16 +71,12 @@ class BackbonePreprocessing(layers.Layer):
 
 def _tiny_cnn(input_shape, name="tiny"):
     """A four-conv CNN for tests and the demo: trains in seconds on a CPU, 64 features.
-
-    BatchNorm momentum is PyTorch's 0.1 (Keras 0.9): with Keras' default 0.99 the running
-    statistics of a short from-scratch run stay near their initial values, and the model
-    scores chance in inference mode while it fits its training batches.
-    """
+    ``build_backbone`` sets its BatchNorm, as every backbone's."""
     inputs = keras.Input(input_shape)
     x = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
     for i, filters in enumerate((32, 64, 64), start=1):
         x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.BatchNormalization()(x)
         x = layers.ReLU(name=f"relu{i}")(x)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, x, name=name)
@@ -133,6 +135,16 @@ RESIZE = "resize"
 RESIZE_CROP = f"resize, centre crop {vit.CROP_FRACTION:g}"  # 256 -> 224, as the reference
 
 
+# BatchNorm epsilons (see BackboneSpec.bn_epsilon).
+TORCH_BN_EPSILON = 1e-5  # PyTorch's BatchNorm2d: the reference's torchvision DenseNets, ResNets, ResNeXt
+KERAS_BN_EPSILON = 1e-3  # Keras': EfficientNet's and InceptionV3's ImageNet weights were trained with it
+
+
+class WeightsError(ValueError):
+    """Backbone weights that cannot be had: a weights argument this backbone cannot take, a failed
+    download, or a file that does not hold them (a torchvision state dict that does not fit, too)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
     """What the rest of the project needs to know about a backbone.
@@ -141,12 +153,18 @@ class BackboneSpec:
     ``torchvision:FILE`` pick the layout whose ``pretrained`` they name (the preprocessing goes
     with it). ``input_handling``: the whole image is resized (squashed) to the square input, and
     ViTs centre-crop it inside the model.
+
+    ``bn_epsilon``: the epsilon of its BatchNorm layers, in every layout: PyTorch's 1e-5 where the
+    reference's torchvision model uses it (DenseNet, ResNet, ResNeXt), Keras' 1e-3 where the Keras
+    ImageNet weights were trained with it (EfficientNet, InceptionV3) and for the tiny CNN; None
+    for a backbone without BatchNorm (the ViTs: LayerNorm, torchvision's epsilon 1e-6).
     """
 
     name: str
     feature_dim: int
     default_image_size: int
     layouts: tuple[Layout, ...]
+    bn_epsilon: float | None
     input_handling: str = RESIZE
 
     @property
@@ -161,34 +179,49 @@ class BackboneSpec:
         for layout in self.layouts:
             if layout.pretrained == kind:
                 return layout
-        raise ValueError(f"{self.name} has no {_DESCRIPTIONS[kind]}; use " + _alternatives(self))
+        raise WeightsError(f"{self.name} has no {_DESCRIPTIONS[kind]}; use " + _alternatives(self))
+
+
+def _densenet(name: str, feature_dim: int, keras_constructor: str | None) -> BackboneSpec:
+    keras_layout = (_keras_application(keras_constructor, "torch", "relu"),) if keras_constructor else ()
+    return BackboneSpec(name, feature_dim, 256, (*keras_layout, _torchvision_densenet(name)), TORCH_BN_EPSILON)
+
+
+def _resnet(name: str, feature_dim: int, keras_constructor: str | None) -> BackboneSpec:
+    keras_layout = ((_keras_application(keras_constructor, "caffe", "conv5_block3_out"),) if keras_constructor
+                    else ())
+    return BackboneSpec(name, feature_dim, 256, (*keras_layout, _torchvision_resnet(name)), TORCH_BN_EPSILON)
+
+
+def _keras_only(name: str, feature_dim: int, image_size: int, constructor: str, preprocessing: str,
+                feature_map: str) -> BackboneSpec:
+    layout = _keras_application(constructor, preprocessing, feature_map)
+    return BackboneSpec(name, feature_dim, image_size, (layout,), KERAS_BN_EPSILON)
+
+
+def _vit(name: str) -> BackboneSpec:
+    return BackboneSpec(name, 768, 256, (_torchvision_vit(name),), None, RESIZE_CROP)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
-        BackboneSpec("densenet121", 1024, 256, (_keras_application("DenseNet121", "torch", "relu"),
-                                               _torchvision_densenet("densenet121"))),
-        BackboneSpec("densenet161", 2208, 256, (_torchvision_densenet("densenet161"),)),
-        BackboneSpec("densenet169", 1664, 256, (_keras_application("DenseNet169", "torch", "relu"),
-                                               _torchvision_densenet("densenet169"))),
-        BackboneSpec("densenet201", 1920, 256, (_keras_application("DenseNet201", "torch", "relu"),
-                                               _torchvision_densenet("densenet201"))),
-        BackboneSpec("resnet18", 512, 256, (_torchvision_resnet("resnet18"),)),
-        BackboneSpec("resnet34", 512, 256, (_torchvision_resnet("resnet34"),)),
-        BackboneSpec("resnet50", 2048, 256, (_keras_application("ResNet50", "caffe", "conv5_block3_out"),
-                                            _torchvision_resnet("resnet50"))),
-        BackboneSpec("resnet101", 2048, 256, (_keras_application("ResNet101", "caffe", "conv5_block3_out"),
-                                             _torchvision_resnet("resnet101"))),
-        BackboneSpec("resnet152", 2048, 256, (_keras_application("ResNet152", "caffe", "conv5_block3_out"),
-                                             _torchvision_resnet("resnet152"))),
-        BackboneSpec("resnext101", 2048, 256, (_torchvision_resnet("resnext101"),)),
-        BackboneSpec("efficientnet_b0", 1280, 256, (_keras_application("EfficientNetB0", "none", "top_activation"),)),
-        BackboneSpec("efficientnet_b4", 1792, 256, (_keras_application("EfficientNetB4", "none", "top_activation"),)),
-        BackboneSpec("inception_v3", 2048, 299, (_keras_application("InceptionV3", "tf", "mixed10"),)),
-        BackboneSpec("vit_b16", 768, 256, (_torchvision_vit("vit_b16"),), RESIZE_CROP),
-        BackboneSpec("vit_b32", 768, 256, (_torchvision_vit("vit_b32"),), RESIZE_CROP),
-        BackboneSpec("tiny", 64, 64, (Layout(_tiny_cnn, "tf", "relu3"),)),
+        _densenet("densenet121", 1024, "DenseNet121"),
+        _densenet("densenet161", 2208, None),  # keras.applications hard-codes growth rate 32
+        _densenet("densenet169", 1664, "DenseNet169"),
+        _densenet("densenet201", 1920, "DenseNet201"),
+        _resnet("resnet18", 512, None),
+        _resnet("resnet34", 512, None),
+        _resnet("resnet50", 2048, "ResNet50"),
+        _resnet("resnet101", 2048, "ResNet101"),
+        _resnet("resnet152", 2048, "ResNet152"),
+        _resnet("resnext101", 2048, None),
+        _keras_only("efficientnet_b0", 1280, 256, "EfficientNetB0", "none", "top_activation"),
+        _keras_only("efficientnet_b4", 1792, 256, "EfficientNetB4", "none", "top_activation"),
+        _keras_only("inception_v3", 2048, 299, "InceptionV3", "tf", "mixed10"),
+        _vit("vit_b16"),
+        _vit("vit_b32"),
+        BackboneSpec("tiny", 64, 64, (Layout(_tiny_cnn, "tf", "relu3"),), KERAS_BN_EPSILON),
     ]
 }
 
@@ -232,16 +265,14 @@ def resolve_weights(weights: str | None) -> str | None:
     if kind == "none":
         return None
     if kind == "torchvision":
-        torchvision_weights.check_readable(torchvision_weights.file_of(weights))
+        try:
+            torchvision_weights.check_readable(torchvision_weights.file_of(weights))
+        except torchvision_weights.StateDictError as e:
+            raise WeightsError(str(e)) from None
     elif kind == "file" and not os.path.isfile(weights):
-        raise ValueError(f"--weights must be 'imagenet', 'torchvision:FILE', 'none' or an existing weights file; "
-                         f"not found: {weights}")
+        raise WeightsError(f"--weights must be 'imagenet', 'torchvision:FILE', 'none' or an existing weights file; "
+                           f"not found: {weights}")
     return weights
-
-
-def check_weights(name: str, weights: str | None) -> None:
-    """One line if backbone ``name`` cannot start from ``weights`` (before any heavy work)."""
-    get_backbone(name).layout(resolve_weights(weights))
 
 
 def feature_map(backbone: keras.Model) -> keras.layers.Layer:
@@ -259,18 +290,94 @@ def preprocessing_mode(name: str, weights: str | None) -> str:
     return get_backbone(name).layout(weights).preprocessing
 
 
-def build_backbone(name: str, image_size: int, weights: str | None = None) -> keras.Model:
-    """Build the feature extractor ``name`` for square ``image_size`` RGB inputs, in the layout
-    that ``weights`` need (see ``BackboneSpec``), with those weights."""
-    weights = resolve_weights(weights)
-    layout = get_backbone(name).layout(weights)
-    input_shape = (image_size, image_size, 3)
+def nested_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    """Every layer inside ``layer``, at any depth (backbones are models inside models)."""
+    for sub in getattr(layer, "layers", ()):
+        yield sub
+        yield from nested_layers(sub)
+
+
+def set_batchnorm(model: keras.Model, momentum: float, epsilon: float | None = None) -> None:
+    """Set the momentum (and, unless None, the epsilon) of every BatchNorm layer in ``model``.
+
+    Both are layer configuration, not weights: set on the built layers they leave loaded
+    ImageNet weights untouched, and ``model.save`` keeps them in the ``.keras`` config.
+    """
+    for layer in nested_layers(model):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            if epsilon is not None:
+                layer.epsilon = float(epsilon)
+
+
+def _download_failed(error: Exception) -> bool:
+    """Whether ``error`` is Keras' ``get_file`` failing to fetch a URL (it raises a bare
+    Exception, chained to the urllib error)."""
+    return any(isinstance(e, urllib.error.URLError) for e in (error, error.__cause__, error.__context__))
+
+
+def _build_with_weights(layout: Layout, name: str, image_size: int, weights: str | None) -> keras.Model:
+    """``layout`` built with ``weights`` (resolved): a file is loaded into the built model (as
+    keras.applications would), so a file that is not this backbone's weights raises
+    WeightsError, as do a torchvision state dict that does not fit and a failed ImageNet download."""
+    shape = (image_size, image_size, 3)
     if weights == "imagenet":
-        return layout.build(input_shape, name=name, weights="imagenet")
-    model = layout.build(input_shape, name=name)
+        try:
+            return layout.build(shape, name=name, weights="imagenet")
+        except Exception as e:
+            if not _download_failed(e):
+                raise
+            reason = getattr(e.__context__, "reason", e)
+            raise WeightsError(f"the ImageNet weights of {name} could not be downloaded ({reason}); without internet "
+                               "access, copy the weights file to this machine and give --weights=PATH") from None
+    model = layout.build(shape, name=name)
     state_dict = torchvision_weights.file_of(weights)
-    if state_dict:
-        torchvision_weights.load_state_dict(model, state_dict)
-    elif weights:
-        model.load_weights(weights)
+    try:
+        if state_dict:
+            torchvision_weights.load_state_dict(model, state_dict)
+        elif weights:
+            model.load_weights(weights)
+    except torchvision_weights.StateDictError as e:  # names the tensors that do not fit
+        raise WeightsError(str(e)) from None
+    except (OSError, ValueError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"--weights={weights} is not a weights file of the {name} backbone at {image_size}x"
+                           f"{image_size}: {message}") from None
     return model
+
+
+def build_layout(spec: BackboneSpec, layout: Layout, image_size: int, weights: str | None = None,
+                 bn_momentum: float = BN_MOMENTUM) -> keras.Model:
+    """``layout`` of backbone ``spec`` for square ``image_size`` RGB inputs, with ``weights``
+    (resolved, and for this layout), its BatchNorm set as the reference's in every layout:
+    ``bn_momentum`` and the registry's ``bn_epsilon``. ``build_backbone`` chooses the layout
+    from the weights; this builds any of them (the BatchNorm tests build each from scratch)."""
+    model = _build_with_weights(layout, spec.name, image_size, weights)
+    set_batchnorm(model, bn_momentum, spec.bn_epsilon)
+    return model
+
+
+def build_backbone(name: str, image_size: int, weights: str | None = None,
+                   bn_momentum: float = BN_MOMENTUM) -> keras.Model:
+    """Build the feature extractor ``name`` for square ``image_size`` RGB inputs, in the layout
+    that ``weights`` need (see ``BackboneSpec``), with those weights; BatchNorm as ``build_layout``."""
+    spec = get_backbone(name)
+    weights = resolve_weights(weights)
+    return build_layout(spec, spec.layout(weights), image_size, weights, bn_momentum)
+
+
+def check_weights(name: str, weights: str | None, image_size: int | None = None) -> None:
+    """Raise WeightsError, one line, when backbone ``name`` cannot start from ``weights``, before
+    any heavy work.
+
+    Always checked, without TensorFlow work: the file exists (a ``.pth`` needs torch), and the
+    backbone has a layout for these weights. With ``image_size``, the backbone is also built once
+    with them (downloading Keras' ImageNet weights if needed), so a failed download, a Keras file
+    that is not this backbone's weights and a torchvision state dict that does not fit stop the
+    run before its corpus is scanned. train.py checks without ``image_size`` while it reads its
+    flags, and with it once its distribution strategy exists.
+    """
+    weights = resolve_weights(weights)
+    get_backbone(name).layout(weights)
+    if weights is not None and image_size is not None:
+        build_backbone(name, image_size, weights)

@@ -5,6 +5,7 @@ TensorFlow: the order matters, since TensorFlow reads its log settings once, at 
 """
 
 import importlib
+import sys
 
 from dfx_keras.quiet import quiet_tensorflow
 
@@ -16,6 +17,16 @@ def _run(module: str) -> None:
 
 def train():
     _run("dfx_keras.train_cli")
+
+
+def demo():
+    """``dfx-demo [--flag=value ...]``: train.py with the shipped demo recipe, from any folder
+    (an installed wheel has no configs/ folder to point ``--flagfile`` at); flags given after
+    it override the recipe's."""
+    from dfx_keras import configs
+
+    sys.argv[1:1] = [f"--flagfile={configs.flagfile('demo')}"]
+    train()
 
 
 def evaluate():

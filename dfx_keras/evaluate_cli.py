@@ -78,8 +78,15 @@ def check_flags() -> dict:
     if FLAGS.generalization_dir and not os.path.isdir(FLAGS.generalization_dir):
         raise app.UsageError(f"--generalization_dir not found: {FLAGS.generalization_dir}")
     paths = model_paths()
-    return {"data_dir": data.get("data_dir"), "data": data.get("data"), "models": paths,
+    plan = {"data_dir": data.get("data_dir"), "data": data.get("data"), "models": paths,
             "protocols": protocols(bool(data)), "results_dir": results_dir(list(paths))}
+    from dfx_keras.durable import check_writable_folder
+
+    try:  # the results of hours of protocols must have somewhere to go
+        check_writable_folder(plan["results_dir"], "--results_dir")
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    return plan
 
 
 def open_test_data(data_dir: str | None, data: str | None):

@@ -281,10 +281,11 @@ def bytes_dataset(source, samples: Sequence[corpus_lib.Sample], batch_size: int,
     def load(path, encoded):
         if transform is not None:
             return tf.io.encode_png(tf.cast(transform(pipelines.decode_image(encoded)), tf.uint8)), path
-        with tf.control_dependencies([pipelines.decode_uint8(encoded)]):  # the check: no float32 copy
-            return tf.identity(encoded), path
+        return encoded, path, pipelines.decoded_shape(encoded)  # the check: no float32 copy
 
     ds = source.encoded(samples).map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+    if transform is None:
+        ds = ds.map(lambda encoded, path, _: (encoded, path))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

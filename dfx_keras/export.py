@@ -33,18 +33,14 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from dfx_keras import __version__  # noqa: E402
+from dfx_keras import __version__, durable  # noqa: E402
 from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES, REAL  # noqa: E402
 from dfx_keras.data import pipelines  # noqa: E402
-
-# 100 megapixels: an 8000x8000 photo (64 MP) passes; a 20000x20000 PNG bomb (400 MP, a few KB
-# on disk, 1.2 GB as uint8 RGB and 4.8 GB as float32) is refused. PIL warns from 89 MP.
-DEFAULT_MAX_PIXELS = 100_000_000
+from dfx_keras.data.corpus import DEFAULT_MAX_PIXELS  # noqa: E402  the corpus scan's limit too
 SIGNATURE_BYTES, SIGNATURE_IMAGES = "serving_default", "serving_images"
 BYTES_INPUT, IMAGES_INPUT = "image_bytes", "images"
 OUTPUTS = ("probabilities", "class_id", "class_name", "fake_score")
@@ -169,9 +165,9 @@ def gif_first_frame(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 # --- the serving module -------------------------------------------------------------------------
 
-def _checked(encoded: tf.Tensor, index: tf.Tensor, max_pixels: int) -> tf.Tensor:
-    """``encoded`` (a GIF cut to its first frame) once its format is known and its declared
-    size within ``max_pixels``.
+def _checked(encoded: tf.Tensor, index: tf.Tensor, max_pixels: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``encoded`` (a GIF cut to its first frame) and its format's index in ``FORMATS``, once
+    the format is known and the declared size within ``max_pixels``.
 
     Failing images raise InvalidArgumentError naming their position in the batch; the checks
     read only headers, so a decompression bomb is refused before any pixel is decoded.
@@ -190,7 +186,7 @@ def _checked(encoded: tf.Tensor, index: tf.Tensor, max_pixels: int) -> tf.Tensor
         tf.strings.format(" image: {} pixels, over the max_pixels limit of {}; refused before decoding",
                           (pixels, max_pixels))])])
     with tf.control_dependencies([known, small]):
-        return tf.identity(encoded)
+        return tf.identity(encoded), fmt
 
 
 def _outputs(logits: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -231,17 +227,34 @@ class ServingModule(tf.Module):
                          lambda: tf.zeros([0, NUM_CLASSES]))
         return _outputs(logits)
 
-    def _decode(self, encoded: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-        return pipelines.decode_and_resize(_checked(encoded, index, self.max_pixels), self.image_size)
+    def _decoded(self, encoded: tf.Tensor, formats: tf.Tensor) -> tf.Tensor:
+        """Decode and resize each image, ``DECODE_PARALLELISM`` at a time, naming any that fails.
+
+        A decode error inside ``tf.map_fn`` fails the request without saying which image failed
+        (``jpeg::Uncompress failed``). Decoded in a tf.data pipeline with ``ignore_errors``, the
+        images that failed are those whose indices did not come out.
+        """
+        count = tf.size(encoded, out_type=tf.int64)
+        decoded = tf.data.Dataset.from_tensor_slices((tf.range(count), encoded)).map(
+            lambda i, e: (i, pipelines.decode_and_resize(e, self.image_size)),
+            num_parallel_calls=DECODE_PARALLELISM, deterministic=True).ignore_errors()
+        empty = (tf.zeros([0], tf.int64), tf.zeros([0, self.image_size, self.image_size, 3]))
+        indices, images = decoded.batch(tf.maximum(count, 1)).reduce(empty, lambda _, batch: batch)
+        failed = tf.sparse.to_dense(tf.sets.difference(tf.range(count)[None], indices[None]))[0]
+        named = tf.strings.join(["image_bytes[", tf.strings.as_string(failed), "] is a ",
+                                 tf.gather(FORMATS, tf.gather(formats, failed)),
+                                 " image that could not be decoded (corrupt or truncated data)"])
+        all_decoded = tf.debugging.Assert(tf.equal(tf.size(failed), 0), [tf.strings.reduce_join(named, separator="; ")])
+        with tf.control_dependencies([all_decoded]):
+            return tf.identity(images)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)], autograph=False)
     def serve_bytes(self, image_bytes):
-        """Encoded images -> class outputs; images are decoded one by one (sizes differ)."""
-        images = tf.map_fn(lambda args: self._decode(*args),
-                           (image_bytes, tf.range(tf.size(image_bytes, out_type=tf.int64))),
-                           fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
-                           parallel_iterations=DECODE_PARALLELISM)
-        return self._classify(images)
+        """Encoded images -> class outputs: every header checked, then each image decoded (sizes differ)."""
+        checked, formats = tf.map_fn(lambda args: _checked(*args, self.max_pixels),
+                                     (image_bytes, tf.range(tf.size(image_bytes, out_type=tf.int64))),
+                                     fn_output_signature=(tf.string, tf.int32))
+        return self._classify(self._decoded(checked, formats))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_INPUT)],
                  autograph=False)
@@ -345,30 +358,56 @@ def export_saved_model(model, export_root: str, model_name: str = "dfx", version
                        source_sha256: str | None = None) -> str:
     """Write ``export_root/model_name/<version>/`` and return its path.
 
-    ``version`` None takes the next integer. The SavedModel is written to a hidden temporary
-    folder in the same parent and renamed when complete, so TF Serving never loads half an
-    export; an existing version is refused, never replaced. ``source``, the ``.keras`` file
-    the model came from, is recorded with its hash (``source_sha256`` when the caller has it).
+    ``version`` None takes the next integer (the one after, if a concurrent export takes it
+    first). The SavedModel is written to a hidden temporary folder in the same parent, named
+    after its writing process, and renamed when complete, so TF Serving never loads half an
+    export; the temporary folders of killed exports are removed. An existing version is
+    refused, never replaced. ``source``, the ``.keras`` file the model came from, is recorded
+    with its hash (``source_sha256`` when the caller has it).
     """
     model_dir = os.path.join(export_root, model_name)
     os.makedirs(model_dir, exist_ok=True)
-    version = version if version is not None else (versions(model_dir) or [0])[-1] + 1
+    durable.remove_dead_temporaries(model_dir)  # what killed exports left
+    renumber = version is None
+    version = (versions(model_dir) or [0])[-1] + 1 if renumber else version
     if version < 1:
         raise ValueError(f"export versions are positive integers, got {version}")
-    final = os.path.join(model_dir, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"export version {version} already exists: {final}; choose another --version "
-                              "or omit it to take the next one")
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    if os.path.exists(os.path.join(model_dir, str(version))):
+        raise _version_exists(model_dir, version)
+    tmp = durable.make_temporary_folder(model_dir, str(version))
     try:
         module = ServingModule(model, max_pixels)
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         _write_extras(tmp, module, model_name, version, source, source_sha256)
-        os.rename(tmp, final)
+        return _publish(tmp, model_dir, version, renumber)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+
+
+def _version_exists(model_dir: str, version: int) -> FileExistsError:
+    return FileExistsError(f"export version {version} already exists: {os.path.join(model_dir, str(version))}; "
+                           "choose another --version or omit it to take the next one")
+
+
+def _publish(tmp: str, model_dir: str, version: int, renumber: bool) -> str:
+    """Rename the finished export ``tmp`` to its version folder. When a concurrent export took
+    that version meanwhile, ``renumber`` takes the next free one (rewriting the version in the
+    metadata first); otherwise the version asked for is refused."""
+    while True:
+        final = os.path.join(model_dir, str(version))
+        if not os.path.exists(final):  # rename() would replace an empty folder
+            try:
+                os.rename(tmp, final)
+                return final
+            except OSError:
+                if not os.path.exists(final):
+                    raise
+        if not renumber:
+            raise _version_exists(model_dir, version)
+        version = versions(model_dir)[-1] + 1
+        path = os.path.join(tmp, "assets.extra", METADATA_FILE)
+        durable.atomic_write(path, json.dumps({**read_metadata(tmp), "version": version}, indent=2))
 
 
 def export_workdir(workdir: str, export_dir: str | None = None, model_name: str = "dfx", version: int | None = None,

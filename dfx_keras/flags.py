@@ -6,8 +6,10 @@ absl at parse time, so a typo fails with one line before TensorFlow builds anyth
 
 from absl import flags
 
-from dfx_keras.backbones import BACKBONES
+from dfx_keras.backbones import BACKBONES, BN_MOMENTUM
 from dfx_keras.classes import CLASS_NAMES
+from dfx_keras.data.corpus import DEFAULT_MAX_PIXELS
+from dfx_keras.models import FROZEN_BN_MODES
 
 STAGES = ("all", "base", "complete", "baseline")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
@@ -52,6 +54,10 @@ def define_train_flags():
     flags.DEFINE_float("lr_gamma", 0.1, "StepLR factor.", lower_bound=0.0)
     flags.DEFINE_float("others_fraction", 0.04, "Share of every other-class architecture folder added to a base "
                        "model's training set.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_integer("others_min_images", 0, "Every other-class architecture folder gives a base model at least "
+                         "this many of its pool-0 images (all of them if it has fewer). 0 keeps the paper's plain "
+                         "--others_fraction, made for a corpus of tens of thousands of images; on a small corpus "
+                         "that leaves a few dozen negatives per base model (train.py warns).", lower_bound=0)
     flags.DEFINE_float("val_fraction", 0.2, "Validation share of each training set (base models: random; "
                        "complete model: per class, of the smallest class).", lower_bound=0.0, upper_bound=0.9)
     flags.DEFINE_bool("feature_cache", True, "Complete stage: compute the frozen base models' features once and "
@@ -60,6 +66,9 @@ def define_train_flags():
     flags.DEFINE_bool("overwrite", False, "Retrain stages whose model already exists in the workdir.")
     flags.DEFINE_bool("make_demo_corpus", False, "Generate the procedural demo corpus in --data_dir if it is not "
                       "there (no downloads).")
+    flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS, "Decompression-bomb limit: the largest width x height "
+                         "an image may declare. The corpus scan skips larger images (one warning each) and the "
+                         "exported SavedModel refuses them before decoding.", lower_bound=1)
     flags.DEFINE_bool("evaluate", True, "After --stage=all, evaluate the complete model on the test pool.")
     flags.DEFINE_list("augment", [], "Training augmentation with the test attacks, as the follow-up paper: any of "
                       f"{','.join(AUGMENT_KINDS)} (e.g. --augment=jpeg,blur); empty: none, as the reference. "
@@ -77,6 +86,19 @@ def define_train_flags():
     flags.DEFINE_bool("sync_batchnorm", True, "With several replicas, BatchNorm uses the statistics of the global "
                       "batch, so results do not depend on the number of GPUs; --nosync_batchnorm uses each "
                       "replica's slice (less communication; keep >= 16 images per replica).")
+    flags.DEFINE_float("bn_momentum", BN_MOMENTUM, "Momentum of the backbones' BatchNorm running statistics, in "
+                       "Keras' convention (running = m * running + (1 - m) * batch). The default is PyTorch's "
+                       "momentum 0.1, as in the reference's torchvision backbones; keras.applications' own 0.99 "
+                       "leaves the statistics of a short or from-scratch run near their initial values, and the "
+                       "model then predicts one class in inference mode.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_enum("frozen_bn", "inference", FROZEN_BN_MODES, "How the frozen base models' BatchNorm runs "
+                      "while the complete model trains: inference (running statistics, fixed features; the "
+                      "feature cache applies) or reference (batch statistics, running statistics updated, as "
+                      "the reference's training loop; no backbone weight is trained; trains end to end, and "
+                      "complete.keras then holds statistics that differ from models/bm_*.keras).")
+    flags.DEFINE_bool("train_baseline", False, "With --stage=all, also train the single-backbone baseline "
+                      "(--stage=baseline) after the complete model, and report its test accuracy beside the "
+                      "complete model's. Not part of the paper's recipe.")
     flags.mark_flag_as_required("workdir")
 
 

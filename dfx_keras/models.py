@@ -21,6 +21,8 @@ IMAGE_INPUT = "image"
 HEAD_CONVS = ((16, 7, 2), (64, 5, 2), (256, 3, 1), (512, 3, 1), (1024, 3, 1))
 # PyTorch BatchNorm1d defaults: momentum 0.1 there is 0.9 in Keras' convention.
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+# How the frozen base models' BatchNorm runs while the complete model trains (set_frozen_batchnorm).
+FROZEN_BN_MODES = ("inference", "reference")
 
 
 def base_model_name(main_class: str) -> str:
@@ -28,23 +30,23 @@ def base_model_name(main_class: str) -> str:
     return f"bm_{SHORT_NAMES[main_class]}"
 
 
-def _image_to_features(backbone: str, image_size: int | None, weights: str | None):
+def _image_to_features(backbone: str, image_size: int | None, weights: str | None, bn_momentum: float):
     """Input and ``features`` tensors of a backbone with the preprocessing its weights expect in front."""
     image_size = image_size or backbones.get_backbone(backbone).default_image_size
     inputs = keras.Input((image_size, image_size, 3), name=IMAGE_INPUT)
     mode = backbones.preprocessing_mode(backbone, weights)
     x = backbones.BackbonePreprocessing(mode, name="preprocessing")(inputs)
-    x = backbones.build_backbone(backbone, image_size, weights)(x)
+    x = backbones.build_backbone(backbone, image_size, weights, bn_momentum)(x)
     return inputs, layers.Identity(name=FEATURES_LAYER)(x)
 
 
 def build_base_model(backbone: str, image_size: int | None = None, weights: str | None = None,
-                     name: str = "base_model") -> keras.Model:
+                     name: str = "base_model", bn_momentum: float = backbones.BN_MOMENTUM) -> keras.Model:
     """Image -> backbone preprocessing -> backbone -> ``features`` -> Dense 2 logits.
 
     Output index 1 is the base model's main class, 0 the rest.
     """
-    inputs, features = _image_to_features(backbone, image_size, weights)
+    inputs, features = _image_to_features(backbone, image_size, weights, bn_momentum)
     logits = layers.Dense(2, name=LOGITS_LAYER, dtype="float32")(features)
     return keras.Model(inputs, logits, name=name)
 
@@ -83,11 +85,14 @@ def stack_features(features: list) -> keras.KerasTensor:
 
 
 def build_complete_model(bm_dm: keras.Model, bm_gan: keras.Model, bm_real: keras.Model,
-                         head: keras.Model | None = None, name: str = "complete") -> keras.Model:
+                         head: keras.Model | None = None, name: str = "complete",
+                         frozen_bn: str = "inference") -> keras.Model:
     """One image input -> three frozen base-model feature extractors -> stacked -> head.
 
     The extractors are frozen (``trainable=False``), which in Keras 3 also runs their
-    BatchNorm layers in inference mode: the features are fixed and can be cached.
+    BatchNorm layers in inference mode: the features are fixed and can be cached. With
+    ``frozen_bn="reference"`` their BatchNorm runs as in the reference's training loop
+    instead (see ``set_frozen_batchnorm``).
     """
     shapes = {tuple(m.input_shape[1:]) for m in (bm_dm, bm_gan, bm_real)}
     if len(shapes) != 1:
@@ -95,20 +100,55 @@ def build_complete_model(bm_dm: keras.Model, bm_gan: keras.Model, bm_real: keras
     inputs = keras.Input(shapes.pop(), name=IMAGE_INPUT)
     features = []
     for base in (bm_dm, bm_gan, bm_real):
-        extractor = feature_extractor(base)
-        extractor.trainable = False
-        features.append(extractor(inputs))
+        features.append(feature_extractor(base)(inputs))
     dims = {f.shape[-1] for f in features}
     if len(dims) != 1:
         raise ValueError(f"base models disagree on their feature size: {sorted(dims)}")
     head = head or build_head(dims.pop())
     logits = head(stack_features(features))
-    return keras.Model(inputs, logits, name=name)
+    complete = keras.Model(inputs, logits, name=name)
+    set_frozen_batchnorm(complete, frozen_bn)
+    return complete
 
 
-def build_baseline_model(backbone: str, image_size: int | None = None, weights: str | None = None) -> keras.Model:
+def base_feature_extractors(complete: keras.Model) -> list[keras.Model]:
+    """The base models' feature extractors inside a complete model: its nested models but the head."""
+    head = head_of(complete)
+    return [layer for layer in complete.layers if isinstance(layer, keras.Model) and layer is not head]
+
+
+def set_frozen_batchnorm(complete: keras.Model, mode: str) -> None:
+    """How the frozen base models' BatchNorm layers behave when the complete model trains.
+
+    ``inference`` (the default): normalise with the saved running statistics, never update
+    them; the features are fixed. ``reference``: as in the reference's training loop, which
+    left the whole model in training mode: normalise with batch statistics and update the
+    running statistics, while no backbone weight (gamma and beta included) is trained.
+    Keras 3 BatchNorm uses batch statistics only when called in training *and* ``trainable``,
+    so those layers are made trainable again, but every one of their variables is marked
+    non-trainable: a model's trainable weights are collected variable by variable, so the
+    optimizer never sees them. Variable flags are not saved: set ``inference`` before saving,
+    so the ``.keras`` file holds a plainly frozen model (with the drifted statistics).
+
+    Each BatchNorm layer is set by itself: on the TensorFlow backend ``model.trainable = False``
+    on a model that is already frozen is skipped as a no-op assignment, so it would not reach
+    layers made trainable inside it.
+    """
+    if mode not in FROZEN_BN_MODES:
+        raise ValueError(f"unknown frozen_bn mode {mode!r}; expected one of {FROZEN_BN_MODES}")
+    for extractor in base_feature_extractors(complete):
+        extractor.trainable = False
+        for layer in backbones.nested_layers(extractor):
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = mode == "reference"
+                for variable in layer.weights:
+                    variable.trainable = False
+
+
+def build_baseline_model(backbone: str, image_size: int | None = None, weights: str | None = None,
+                         bn_momentum: float = backbones.BN_MOMENTUM) -> keras.Model:
     """The paper's comparison: one backbone fine-tuned directly as a 3-class classifier."""
-    inputs, features = _image_to_features(backbone, image_size, weights)
+    inputs, features = _image_to_features(backbone, image_size, weights, bn_momentum)
     logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER, dtype="float32")(features)
     return keras.Model(inputs, logits, name="baseline")
 
@@ -122,7 +162,7 @@ def load_model(path: str) -> keras.Model:
     """Load a ``.keras`` file of this project with ``safe_mode=True`` (no Lambda, no pickles).
 
     Uncompiled: loaded models are frozen parts, evaluated or exported, never trained further
-    (interrupted training resumes from its ``BackupAndRestore`` state). Compiling a
+    (interrupted training resumes from its ``stage_backup`` state). Compiling a
     ``mixed_float16`` model rebuilds its loss-scale optimizer as a plain one and warns that it
     skipped the saved optimizer's variables.
     """

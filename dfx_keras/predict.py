@@ -55,15 +55,19 @@ def resolve_model(path: str) -> str:
 
 
 def list_images(paths: Sequence[str]) -> list[str]:
-    """Files as given, and the image files (by extension) found under folders, sorted."""
+    """Files as given, and the image files (by extension) found under folders, sorted.
+
+    Only regular files are read: a FIFO or a device named like an image would block forever
+    (one under a folder is skipped with a warning, one given by name is refused).
+    """
     files = []
     for path in paths:
         if os.path.isdir(path):
-            found = [os.path.join(root, f) for root, _, names in os.walk(path) for f in names
-                     if f.lower().endswith(IMAGE_EXTENSIONS)]
-            files.extend(sorted(found))
+            files.extend(sorted(os.path.join(path, rel) for rel in corpus.image_files(path, IMAGE_EXTENSIONS)))
         elif os.path.isfile(path):
             files.append(path)
+        elif os.path.exists(path):
+            raise FileNotFoundError(f"not a regular file: {path}")
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
     return files
@@ -73,11 +77,12 @@ def reason(message: str) -> str:
     """The one informative line of a TensorFlow error raised by the serving signature.
 
     Graph errors wrap it in "Graph execution error", node names and op names; our own checks
-    say "assertion failed: [image_bytes[i] is ...]", where the index is dropped here.
+    say "assertion failed: [image_bytes[i] is ...]" (or "could not be decoded"), where the
+    index is dropped here.
     """
     asserted = re.search(r"assertion failed: \[(.*)\]", message)
     if asserted:
-        return re.sub(r"^image_bytes\[\d+\] is ", "", asserted.group(1))
+        return re.sub(r"^image_bytes\[[\d ]+\] (is )?", "", asserted.group(1))
     noise = re.compile(r"^(Graph execution error|Detected at node|<stack traces|\s*\[\[|\s*$)")
     lines = [line for line in message.splitlines() if not noise.match(line)]
     line = lines[0] if lines else message
@@ -163,6 +168,15 @@ def summary(predictions: Sequence[Prediction]) -> str:
         f"; {failed} failed"
 
 
+def check_csv_path(path: str) -> None:
+    """Raise ValueError unless a CSV file can be written at ``path``."""
+    from dfx_keras.durable import check_writable_folder
+
+    if os.path.isdir(path):
+        raise ValueError(f"--csv={path} is a folder; give a file name")
+    check_writable_folder(os.path.dirname(os.path.abspath(path)), "--csv folder")
+
+
 def write_csv(path: str, predictions: Iterable[Prediction]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -190,8 +204,10 @@ def main(argv):
         raise app.UsageError("give one or more image files or folders")
     try:
         files = list_images(argv[1:])
+        if FLAGS.csv:  # before the predictions, which it would lose
+            check_csv_path(FLAGS.csv)
         predictor = Predictor(FLAGS.model)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     show_bar = FLAGS.progress and any(os.path.isdir(p) for p in argv[1:])
     predictions = predict_files(predictor, files, FLAGS.batch_size, progress_bar if show_bar else None)

@@ -19,13 +19,14 @@ FLAGS = flags.FLAGS
 
 def _check_flags() -> None:
     """One clear line for each mistake a user can make, before TensorFlow builds anything."""
-    from dfx_keras import backbones
+    from dfx_keras import backbones, durable
 
     backbones.check_weights(FLAGS.backbone, FLAGS.weights)
     if not FLAGS.data_dir and not FLAGS.data:
         raise app.UsageError("give the corpus with --data_dir=FOLDER (or --data=tfds:dfx_corpus/CONFIG)")
     if FLAGS.data_dir and not FLAGS.make_demo_corpus and not os.path.isdir(FLAGS.data_dir):
         raise app.UsageError(f"--data_dir not found: {FLAGS.data_dir}")
+    durable.check_writable_folder(FLAGS.workdir, "--workdir")
 
 
 def write_flags(path: str) -> None:
@@ -44,11 +45,13 @@ def config_from_flags():
         workdir=FLAGS.workdir, backbone=FLAGS.backbone, weights=FLAGS.weights, image_size=FLAGS.image_size,
         batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
         weight_decay=FLAGS.weight_decay, lr_step_epochs=FLAGS.lr_step_epochs, lr_gamma=FLAGS.lr_gamma,
-        others_fraction=FLAGS.others_fraction, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
+        others_fraction=FLAGS.others_fraction, others_min_images=FLAGS.others_min_images,
+        val_fraction=FLAGS.val_fraction, seed=FLAGS.seed, max_pixels=FLAGS.max_pixels,
         feature_cache=FLAGS.feature_cache, cache_images=FLAGS.cache_images, augment=tuple(FLAGS.augment),
         augment_p=FLAGS.augment_p, precision=FLAGS.precision,
         jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
-        sync_batchnorm=FLAGS.sync_batchnorm, overwrite=FLAGS.overwrite)
+        sync_batchnorm=FLAGS.sync_batchnorm, bn_momentum=FLAGS.bn_momentum, frozen_bn=FLAGS.frozen_bn,
+        overwrite=FLAGS.overwrite)
 
 
 def main(argv):
@@ -63,17 +66,19 @@ def main(argv):
     from dfx_keras import run
 
     start = time.time()
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    write_flags(os.path.join(FLAGS.workdir, "flags.txt"))
+    from dfx_keras.backbones import WeightsError
     from dfx_keras.data.corpus import CorpusError
-    from dfx_keras.torchvision_weights import StateDictError
+    from dfx_keras.durable import InUseError
     from dfx_keras.training import SettingsError
 
     try:
-        outcome = run.train(config_from_flags(), data_dir=FLAGS.data_dir, data=FLAGS.data, stage=FLAGS.stage,
-                            main_class=FLAGS.main_class, strategy=FLAGS.strategy,
-                            make_demo_corpus=FLAGS.make_demo_corpus, evaluate=FLAGS.evaluate)
-    except (CorpusError, FileNotFoundError, SettingsError, StateDictError) as e:
+        with run.owned_workdir(FLAGS.workdir, FLAGS.strategy):  # before flags.txt: a second run must not rewrite it
+            write_flags(os.path.join(FLAGS.workdir, "flags.txt"))
+            outcome = run.train(config_from_flags(), data_dir=FLAGS.data_dir, data=FLAGS.data, stage=FLAGS.stage,
+                                main_class=FLAGS.main_class, strategy=FLAGS.strategy,
+                                make_demo_corpus=FLAGS.make_demo_corpus, evaluate=FLAGS.evaluate,
+                                train_baseline=FLAGS.train_baseline)
+    except (CorpusError, FileNotFoundError, SettingsError, WeightsError, InUseError) as e:
         sys.exit(f"error: {e}")
     run.print_summary(outcome, time.time() - start)
 

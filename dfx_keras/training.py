@@ -2,14 +2,13 @@
 
 Each stage builds and compiles its model inside ``strategy.scope()``, feeds a global batch,
 keeps the weights with the lowest validation loss, and resumes from its last finished epoch
-when rerun after an interruption (``BackupAndRestore``). A stage whose model file exists is
+when rerun after an interruption (``stage_backup``). A stage whose model file exists is
 skipped unless ``overwrite``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import functools
 import hashlib
@@ -26,12 +25,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dfx_keras import models
+from dfx_keras import durable, models
+from dfx_keras.backbones import BN_MOMENTUM, nested_layers
 from dfx_keras.classes import CLASS_NAMES, class_id
 from dfx_keras.data import attacks
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
 from dfx_keras.optimizers import AdamL2
+from dfx_keras.stage_backup import StageBackup
 
 
 @dataclasses.dataclass
@@ -49,8 +50,10 @@ class TrainConfig:
     lr_step_epochs: int = 0
     lr_gamma: float = 0.1
     others_fraction: float = 0.04
+    others_min_images: int = 0  # every other-class folder gives a base model at least this many (pool-0 size caps it)
     val_fraction: float = 0.2
     seed: int = 42
+    max_pixels: int = corpus_lib.DEFAULT_MAX_PIXELS  # decompression-bomb limit of the scan and the export
     feature_cache: bool = True
     cache_images: bool = False
     augment: Sequence[str] = ()  # attack kinds of data.attacks.random_augment ("jpeg", "blur"); empty: none
@@ -58,6 +61,8 @@ class TrainConfig:
     precision: str = "float32"  # a Keras dtype policy: float32, mixed_bfloat16 or mixed_float16
     jit_compile: bool | str = "auto"  # XLA; "auto" is Keras' choice (one GPU without tf.distribute only)
     sync_batchnorm: bool = True
+    bn_momentum: float = BN_MOMENTUM  # the backbones' BatchNorm momentum (Keras convention)
+    frozen_bn: str = "inference"  # models.FROZEN_BN_MODES: the frozen base models' BatchNorm in the complete stage
     overwrite: bool = False
     verbose: int | str = "auto"
     extra_callbacks: Sequence[keras.callbacks.Callback] = ()
@@ -147,28 +152,6 @@ def localhost_cluster(workers: int) -> dict[str, list[str]]:
 
 # --- fitting ---------------------------------------------------------------------------------
 
-def _validated_epochs(csv_path: str) -> list[dict]:
-    """The CSVLogger rows that have a validation loss (none before a stage's first epoch)."""
-    if not os.path.exists(csv_path):
-        return []
-    with open(csv_path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("val_loss")]
-
-
-def _best_val_loss(csv_path: str) -> float:
-    """Lowest val_loss logged so far, so a resumed run keeps the right best checkpoint."""
-    return min((float(r["val_loss"]) for r in _validated_epochs(csv_path)), default=np.inf)
-
-
-def _clear_stage_state(cfg: TrainConfig, name: str) -> None:
-    """Forget the logs and best checkpoint of a finished earlier run of a stage, before a fresh
-    (not resumed) run, e.g. under --overwrite."""
-    shutil.rmtree(cfg.path("logs", name), ignore_errors=True)
-    for path in (cfg.path("logs", f"{name}.csv"), cfg.path("checkpoints", f"{name}.best.weights.h5")):
-        if os.path.exists(path):
-            os.remove(path)
-
-
 def _lr_schedule(cfg: TrainConfig) -> Callable[[int, float], float]:
     return lambda epoch, lr: cfg.learning_rate * cfg.lr_gamma ** (epoch // cfg.lr_step_epochs)
 
@@ -210,13 +193,6 @@ def dtype_policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
-
-
-def nested_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    """Every layer inside ``layer``, at any depth (backbones are models inside models)."""
-    for sub in getattr(layer, "layers", ()):
-        yield sub
-        yield from nested_layers(sub)
 
 
 @contextlib.contextmanager
@@ -266,7 +242,7 @@ def check_sizes(name: str, train: Sequence, val: Sequence) -> None:
 
 
 @contextlib.contextmanager
-def _stage_files(cfg: TrainConfig, name: str, chief: bool, resuming: bool) -> Iterator[tuple[str, str, str]]:
+def _stage_files(cfg: TrainConfig, name: str, chief: bool) -> Iterator[tuple[str, str, str]]:
     """This worker's backup folder, best checkpoint and CSV log of a stage.
 
     The chief uses the workdir's. The other workers of a multi-worker run must run the same
@@ -283,9 +259,9 @@ def _stage_files(cfg: TrainConfig, name: str, chief: bool, resuming: bool) -> It
     try:
         copies = tuple(os.path.join(scratch, os.path.basename(p)) for p in paths)
         for src, dst in zip(paths, copies):
-            if resuming and os.path.isdir(src):
-                shutil.copytree(src, dst)
-            elif resuming and os.path.exists(src):
+            if os.path.isdir(src):
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".tmp-*"))
+            elif os.path.exists(src):
                 shutil.copy(src, dst)
         yield copies
     finally:
@@ -319,43 +295,35 @@ def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, 
     """
     check_batch_size(cfg.batch_size, strategy)
     chief, replicas = is_chief(strategy), strategy.num_replicas_in_sync
-    resuming = os.path.isdir(cfg.path("backup", name))
     if chief:
         for sub in ("backup", "logs", "checkpoints"):
             os.makedirs(cfg.path(sub), exist_ok=True)
-        if not resuming:
-            _clear_stage_state(cfg, name)
-    keras.utils.set_random_seed(cfg.seed)
-    with strategy.scope(), dtype_policy(cfg.precision):
-        model = compile_model(build(), cfg, replicas)
-    with _stage_files(cfg, name, chief, resuming) as (backup, best_path, csv_path), \
-            synchronized_batchnorm(model, cfg.sync_batchnorm and replicas > 1):
-        checkpoint = keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True,
-                                                     save_weights_only=True)
-        checkpoint.best = _best_val_loss(csv_path)
-        callbacks = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False), checkpoint,
-                     keras.callbacks.CSVLogger(csv_path, append=True), *cfg.extra_callbacks]
+
+    def new_model() -> keras.Model:
+        keras.utils.set_random_seed(cfg.seed)
+        return compile_model(build(), cfg, replicas)
+
+    with _stage_files(cfg, name, chief) as (backup_dir, best_path, csv_path):
+        backup = StageBackup(backup_dir, best_path, csv_path)
+        with strategy.scope(), dtype_policy(cfg.precision):
+            model = backup.restore(new_model)
+        if chief and not backup.epochs_done:  # a fresh start: the TensorBoard logs of an earlier run go
+            shutil.rmtree(cfg.path("logs", name), ignore_errors=True)
+        # The backup right after the log: a generation exists only once its epoch is logged.
+        callbacks = [keras.callbacks.CSVLogger(csv_path, append=True), backup, *cfg.extra_callbacks]
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(cfg.path("logs", name), write_graph=False))
         if cfg.lr_step_epochs:
             callbacks.append(keras.callbacks.LearningRateScheduler(_lr_schedule(cfg)))
         logging.info("training %s for %d epochs on %d replica(s)%s", name, cfg.epochs, replicas,
-                     " (resuming)" if resuming else "")
-        model.fit(train_ds.repeat(), epochs=cfg.epochs, steps_per_epoch=-(-train_size // cfg.batch_size),
-                  callbacks=callbacks, validation_data=whole_replica_batches(val_ds, replicas),
-                  verbose=cfg.verbose if cfg.verbose != "auto" else (1 if sys.stdout.isatty() else 2))
+                     f" (resuming after epoch {backup.epochs_done})" if backup.epochs_done else "")
+        with synchronized_batchnorm(model, cfg.sync_batchnorm and replicas > 1):
+            model.fit(train_ds.repeat(), epochs=cfg.epochs, initial_epoch=backup.epochs_done,
+                      steps_per_epoch=-(-train_size // cfg.batch_size), callbacks=callbacks,
+                      validation_data=whole_replica_batches(val_ds, replicas),
+                      verbose=cfg.verbose if cfg.verbose != "auto" else (1 if sys.stdout.isatty() else 2))
         model.load_weights(best_path)
-        summary = _best_epoch_summary(csv_path)
-    if chief:
-        shutil.rmtree(backup, ignore_errors=True)
-    return model, summary
-
-
-def _best_epoch_summary(csv_path: str) -> dict:
-    rows = _validated_epochs(csv_path)
-    best = min(rows, key=lambda r: float(r["val_loss"]))
-    return {"epochs": len(rows), "best_epoch": int(best["epoch"]) + 1, "val_loss": float(best["val_loss"]),
-            "val_accuracy": float(best["val_accuracy"]), "train_accuracy": float(best["accuracy"])}
+        return model, backup.summary()
 
 
 def save_model(model: keras.Model, path: str, chief: bool = True) -> None:
@@ -369,9 +337,7 @@ def save_model(model: keras.Model, path: str, chief: bool = True) -> None:
             model.save(os.path.join(scratch, os.path.basename(path)))
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path[: -len(".keras")] + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    durable.atomic_write(path, model.save)
 
 
 def save_stage_model(model: keras.Model, path: str, strategy: tf.distribute.Strategy) -> None:
@@ -390,12 +356,20 @@ def _record(cfg: TrainConfig, name: str, summary: dict, chief: bool = True) -> d
     """Keep a stage's summary in logs/stages.json (read by the closing table); chief only."""
     if not chief:
         return summary
-    path = cfg.path("logs", "stages.json")
     stages = stage_summaries(cfg.workdir)
     stages[name] = summary
-    with open(path + ".tmp", "w") as f:
-        json.dump(stages, f, indent=2)
-    os.replace(path + ".tmp", path)
+    durable.atomic_write(cfg.path("logs", "stages.json"), json.dumps(stages, indent=2))
+    return summary
+
+
+def finish_stage(cfg: TrainConfig, name: str, model: keras.Model, model_path: str, summary: dict,
+                 strategy: tf.distribute.Strategy) -> dict:
+    """Record a trained stage, save its model, and only then delete its backup: a kill at any
+    moment leaves either the finished model or a backup to resume from."""
+    summary = _record(cfg, name, summary, is_chief(strategy))
+    save_stage_model(model, model_path, strategy)
+    if is_chief(strategy):
+        shutil.rmtree(cfg.path("backup", name), ignore_errors=True)
     return summary
 
 
@@ -452,12 +426,13 @@ def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_cl
                     share: tuple[int, int] | None = None):
     """Train and validation datasets of one base model, and the subset they were drawn from.
 
-    Main class vs an ``others_fraction`` sample of every other architecture folder, from
-    pool 0; targets are 1 for the main class, 0 for the rest.
+    Main class vs an ``others_fraction`` sample (at least ``others_min_images``) of every other
+    architecture folder, from pool 0; targets are 1 for the main class, 0 for the rest.
     """
     seed_stage(cfg)
     main = class_id(main_class)
-    subset = corpus_lib.base_model_subset(corpus.pool(corpus_lib.BASE_POOL), main, cfg.others_fraction)
+    subset = corpus_lib.base_model_subset(corpus.pool(corpus_lib.BASE_POOL), main, cfg.others_fraction,
+                                          others_min_images=cfg.others_min_images)
     train, val = corpus_lib.holdout_split(subset, cfg.val_fraction, salt=f"val-{models.base_model_name(main_class)}")
     check_sizes(models.base_model_name(main_class), train, val)
     train_ds = training_dataset(cfg, source, train, cfg.image_size, [int(s.label == main) for s in train],
@@ -476,12 +451,16 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
         return None
     train_ds, val_ds, train, val = base_model_data(cfg, corpus, source, main_class, worker_share(strategy))
     others = corpus_lib.fraction_others(train + val, class_id(main_class))
+    counts = corpus_lib.base_model_counts(train, class_id(main_class))
     logging.info("%s: %d train / %d val images, %.1f%% others", name, len(train), len(val), 100 * others)
-    model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name),
+    warning = corpus_lib.few_others_warning(name, counts["other_images"])
+    if warning and is_chief(strategy):
+        logging.warning(warning)
+    model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name,
+                                                               bn_momentum=cfg.bn_momentum),
                          train_ds, val_ds, cfg, strategy, len(train))
-    save_stage_model(model, model_path, strategy)
-    return _record(cfg, name, {**summary, "train_images": len(train), "val_images": len(val), "others_share": others},
-                   is_chief(strategy))
+    return finish_stage(cfg, name, model, model_path, {**summary, "train_images": len(train), "val_images": len(val),
+                                                       "others_share": others, **counts}, strategy)
 
 
 def complete_split(corpus: corpus_lib.Corpus, val_fraction: float):
@@ -519,6 +498,9 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
     With the feature cache the head trains on features computed once; without it, end to end
     on images through the frozen base models. Both build the head first after seeding and see
     the same order, so for the same seed they train the same head (up to float rounding).
+    ``cfg.frozen_bn="reference"`` trains end to end with the frozen base models' BatchNorm in
+    training mode (``models.set_frozen_batchnorm``), as the reference did: complete.keras then
+    holds running statistics that have drifted from those of ``models/bm_*.keras``.
     """
     model_path = cfg.path("models", "complete.keras")
     if _skip(cfg, model_path):
@@ -535,7 +517,10 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
     if cfg.feature_cache and cfg.augment:
         logging.warning("--augment: the complete model trains end to end on augmented images; the feature cache "
                         "(clean images only) is bypassed")
-    if cfg.feature_cache and not cfg.augment:
+    if cfg.feature_cache and cfg.frozen_bn == "reference":
+        logging.warning("--frozen_bn=reference: the base models' BatchNorm statistics change while the head trains; "
+                        "the complete model trains end to end and the feature cache is bypassed")
+    if cfg.feature_cache and not cfg.augment and cfg.frozen_bn == "inference":
         cache = FeatureCache(cfg.workdir, frozen, source, image_size, cfg.batch_size, strategy=extract_with,
                              write=is_chief(strategy))
         train_ds = cache.dataset(train, cfg.batch_size, weights=[weights[s.label] for s in train],
@@ -552,13 +537,14 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
 
         def build_end_to_end():
             head = models.build_head(feature_dim)  # first, to draw the same initial weights as with the cache
-            return models.build_complete_model(*load_base_models(cfg.workdir), head=head)
+            return models.build_complete_model(*load_base_models(cfg.workdir), head=head, frozen_bn=cfg.frozen_bn)
 
         complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy, len(train))
-    save_stage_model(complete, model_path, strategy)
-    return _record(cfg, "complete", {**summary, "train_images": len(train), "val_images": len(val),
-                                     "class_weights": {CLASS_NAMES[c]: w for c, w in weights.items()}},
-                   is_chief(strategy))
+        models.set_frozen_batchnorm(complete, "inference")  # saved plainly frozen, whatever it trained with
+    return finish_stage(cfg, "complete", complete, model_path,
+                        {**summary, "train_images": len(train), "val_images": len(val),
+                         "class_weights": {CLASS_NAMES[c]: w for c, w in weights.items()}, "frozen_bn": cfg.frozen_bn},
+                        strategy)
 
 
 def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy: tf.distribute.Strategy) -> dict | None:
@@ -569,11 +555,11 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
     seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
     train_ds, val_ds = complete_pool_datasets(cfg, source, train, val, weights, cfg.image_size, strategy)
-    model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights),
+    model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights,
+                                                                        cfg.bn_momentum),
                          train_ds, val_ds, cfg, strategy, len(train))
-    save_stage_model(model, model_path, strategy)
-    return _record(cfg, "baseline", {**summary, "train_images": len(train), "val_images": len(val)},
-                   is_chief(strategy))
+    return finish_stage(cfg, "baseline", model, model_path,
+                        {**summary, "train_images": len(train), "val_images": len(val)}, strategy)
 
 
 # --- feature cache ---------------------------------------------------------------------------

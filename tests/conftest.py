@@ -2,8 +2,10 @@
 
 import os
 import pathlib
+import struct
 import subprocess
 import sys
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -48,18 +50,35 @@ def make_corpus(root, per_folder=8, size=(40, 48), seed=0):
     return str(root)
 
 
+def png_declaring(width, height, idat=None):
+    """A PNG whose chunk CRCs are all correct, declaring ``width`` x ``height`` in its IHDR, whatever
+    its pixel data (``idat``; default: a few compressed rows of zeros) holds."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000) if idat is None else idat)
+            + chunk(b"IEND", b""))
+
+
 @pytest.fixture
 def small_corpus(tmp_path):
     return make_corpus(tmp_path / "corpus")
 
 
-def run_tfds_build(*args) -> tuple[int, str]:
-    """Runs `tfds build datasets/dfx_corpus ARGS` from the repo root: (exit code, stdout+stderr).
+# How a source checkout names the builder to `tfds build` (its folder), and how an installed
+# package does (the dataset name and the module that registers it).
+BUILDER_FOLDER = ("datasets/dfx_corpus",)
+BUILDER_MODULE = ("dfx_corpus", "--imports=dfx_keras.datasets.dfx_corpus")
+
+
+def run_tfds_build(*args, builder=BUILDER_FOLDER) -> tuple[int, str]:
+    """Runs `tfds build <builder> ARGS` from the repo root: (exit code, stdout+stderr).
 
     The tfds command logs to stdout and draws its progress bars on stderr.
     """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run([str(TFDS), "build", "datasets/dfx_corpus", *args], cwd=REPO, env=env,
+    done = subprocess.run([str(TFDS), "build", *builder, *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     return done.returncode, done.stdout
 

@@ -91,7 +91,7 @@ def test_preprocessing_is_chosen_with_the_weights(tmp_path):
 ])
 def test_weights_a_backbone_cannot_take_fail_in_one_line(tmp_path, name, weights, message):
     weights = weights.format(file=write_state(tmp_path, {"x": np.zeros(1, np.float32)}))
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(backbones.WeightsError) as error:
         backbones.check_weights(name, weights)
     assert message in str(error.value) and "\n" not in str(error.value)
 
@@ -100,7 +100,7 @@ def test_a_pth_file_without_torch_names_the_conversion(tmp_path, monkeypatch):
     path = tmp_path / "resnet18.pth"
     path.write_bytes(b"PK")
     monkeypatch.setattr(torchvision_weights.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ValueError, match=r"needs torch.*from safetensors.torch import save_file"):
+    with pytest.raises(backbones.WeightsError, match=r"needs torch.*from safetensors.torch import save_file"):
         backbones.check_weights("resnet18", f"torchvision:{path}")
 
 
@@ -190,7 +190,7 @@ def test_a_state_dict_that_does_not_fit_is_refused_naming_every_tensor(tmp_path)
     state["layer5.0.conv1.weight"] = np.zeros((3, 3), np.float32)
     state["conv1.weight"] = np.zeros((64, 3, 3, 3), np.float32)
     path = write_state(tmp_path, state)
-    with pytest.raises(torchvision_weights.StateDictError) as error:
+    with pytest.raises(backbones.WeightsError) as error:
         backbones.build_backbone("resnet18", 64, f"torchvision:{path}")
     assert str(error.value) == (
         f"{path} does not fit resnet18 (torchvision layout): missing tensors: layer1.0.bn1.running_var; "
@@ -200,8 +200,7 @@ def test_a_state_dict_that_does_not_fit_is_refused_naming_every_tensor(tmp_path)
 
 def test_another_architectures_file_lists_a_few_names_and_counts_the_rest(tmp_path):
     path = write_state(tmp_path, torchvision_state("resnet34"))
-    with pytest.raises(torchvision_weights.StateDictError,
-                       match=r"unexpected tensors: layer1\.2\.\S+, .* \(\+\d+ more\)$"):
+    with pytest.raises(backbones.WeightsError, match=r"unexpected tensors: layer1\.2\.\S+, .* \(\+\d+ more\)$"):
         backbones.build_backbone("resnet18", 64, f"torchvision:{path}")
 
 
@@ -290,12 +289,13 @@ def corpus16(tmp_path_factory):
 # under MirroredStrategy on CPU spends minutes tracing and all-reducing BatchNorm statistics.
 FAMILIES = {
     "densenet": (densenet.densenet, dict(growth_rate=8, block_config=(1, 1), num_init_features=16),
-                 densenet.FEATURE_MAP),
-    "resnet": (resnet.resnet, dict(block="basic", stages=(1, 1)), resnet.feature_map((1, 1))),
+                 densenet.FEATURE_MAP, backbones.TORCH_BN_EPSILON),
+    "resnet": (resnet.resnet, dict(block="basic", stages=(1, 1)), resnet.feature_map((1, 1)),
+               backbones.TORCH_BN_EPSILON),
     "resnext": (resnet.resnet, dict(block="bottleneck", stages=(1, 1), groups=4, width_per_group=4),
-                resnet.feature_map((1, 1))),
+                resnet.feature_map((1, 1)), backbones.TORCH_BN_EPSILON),
     "vit": (vit.vision_transformer, dict(patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64),
-            vit.FEATURE_MAP),
+            vit.FEATURE_MAP, None),
 }
 
 
@@ -304,19 +304,22 @@ FAMILIES = {
 def test_each_family_trains_mirrored_saves_loads_safely_and_exports(corpus16, tmp_path, monkeypatch, family):
     """The baseline stage (one backbone, 3 classes) on 2 replicas at 64 px with synchronized
     BatchNorm, then the .keras file with safe_mode=True and the SavedModel: the same
-    probabilities everywhere, the feature map still there."""
-    build, config, feature_map = FAMILIES[family]
+    probabilities everywhere, the feature map and the BatchNorm settings (--bn_momentum) still there."""
+    build, config, feature_map, bn_epsilon = FAMILIES[family]
     layout = backbones.Layout(functools.partial(build, **config), "torch", feature_map, "torchvision")
-    spec = backbones.BackboneSpec(f"{family}_small", 0, 64, (layout,))
+    spec = backbones.BackboneSpec(f"{family}_small", 0, 64, (layout,), bn_epsilon)
     monkeypatch.setitem(backbones.BACKBONES, spec.name, spec)
     corpus, source = corpus16
     cfg = training.TrainConfig(workdir=str(tmp_path / "w"), backbone=spec.name, weights=None, image_size=64,
-                               batch_size=8, epochs=1, verbose=0)
+                               batch_size=8, epochs=1, verbose=0, bn_momentum=0.95)
     summary = training.train_baseline(cfg, corpus, source, training.get_strategy("mirrored"))
     assert summary["epochs"] == 1 and np.isfinite(summary["val_loss"])
     loaded = models.load_model(cfg.path("models", "baseline.keras"))
     assert loaded.get_layer("preprocessing").mode == "torch"
     assert backbones.feature_map(loaded.get_layer(spec.name)).name == feature_map
+    batchnorms = [bn for bn in backbones.nested_layers(loaded) if isinstance(bn, keras.layers.BatchNormalization)]
+    assert {(bn.momentum, bn.epsilon, bn.synchronized) for bn in batchnorms} == (
+        set() if bn_epsilon is None else {(0.95, bn_epsilon, False)})
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)), tf.float32)
     expected = tf.nn.softmax(loaded(images, training=False)).numpy()
     exported = export.export_saved_model(loaded, str(tmp_path / "export"))

@@ -1,8 +1,11 @@
 """Corpus scan, pool assignment, subsets and bad files (no model involved)."""
 
 import csv
+import json
 import os
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -10,8 +13,11 @@ import pytest
 from absl import logging
 from PIL import Image
 
-from conftest import make_corpus, write_image
+from conftest import make_corpus, png_declaring, write_image
 from dfx_keras.data import corpus as c
+from dfx_keras.datasets.dfx_corpus import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _paths(n, seed=0):
@@ -166,3 +172,94 @@ def test_holdouts_and_class_weights():
     assert Counter(s.label for s in val) == {0: 20, 1: 20, 2: 20} and len(train) == 540
     w = c.class_weights(samples)
     assert w == pytest.approx({0: 1 - 100 / 600, 1: 0.5, 2: 1 - 200 / 600})
+
+
+def test_others_min_images_raises_every_other_folder_to_n_capped_by_its_size():
+    counts = {(0, "dm_generated", "Glide"): 400, (1, "gan_generated", "StyleGAN"): 500,
+              (1, "gan_generated", "ProGAN"): 20, (2, "real", "FFHQ"): 1000}
+    samples = _folder_samples(counts)
+    plain = c.base_model_subset(samples, main_class=0, others_fraction=0.04)
+    raised = c.base_model_subset(samples, main_class=0, others_fraction=0.04, others_min_images=30)
+    assert Counter((s.label, s.architecture) for s in raised) == {
+        (0, "Glide"): 400, (1, "StyleGAN"): 30, (1, "ProGAN"): 20, (2, "FFHQ"): 40}  # 4% of FFHQ is already 40
+    assert set(plain) < set(raised)  # the same images first (hash order), then more
+    assert c.folder_quota(500, 0.0, min_images=7) == 7 and c.folder_quota(500, 0.0) == 0
+
+
+def _table_pool0() -> dict:
+    """The corpus table's folders at their expected pool-0 sizes (40% of each)."""
+    return {(c.CLASS_NAMES.index(name), name, arch): round(c.POOL_SHARES[0] * n)
+            for arch, (name, n, _) in synthetic.CORPUS_TABLE.items()}
+
+
+def _training_counts(pool0: dict, main: int, **subset_kwargs) -> dict:
+    subset = c.base_model_subset(_folder_samples(pool0), main, 0.04, **subset_kwargs)
+    train, _ = c.holdout_split(subset, 0.2, salt="val")
+    counts = c.base_model_counts(train, main)
+    assert counts["main_images"] + counts["other_images"] == len(train) == sum(counts["folder_images"].values())
+    return counts
+
+
+def test_few_negatives_warning_fires_on_a_small_corpus_and_not_on_the_72k_corpus():
+    for main in range(3):  # the paper's corpus: hundreds of negatives per base model
+        counts = _training_counts(_table_pool0(), main)
+        assert 400 < counts["other_images"] < 800, counts["other_images"]
+        assert c.few_others_warning("bm", counts["other_images"]) is None
+    # A demo-sized corpus (3 folders per class, 300 images each: 120 in pool 0): a handful of negatives.
+    small = {(label, name, f"arch {k}"): 120 for label, name in enumerate(c.CLASS_NAMES) for k in range(3)}
+    for main in range(3):
+        counts = _training_counts(small, main)
+        assert counts["other_images"] < 40 and counts["main_images"] > 250
+        warning = c.few_others_warning("bm_x", counts["other_images"])
+        assert warning.startswith(f"bm_x: only {counts['other_images']} training images of other classes")
+        assert "--others_min_images" in warning and "\n" not in warning
+        raised = _training_counts(small, main, others_min_images=40)
+        assert raised["other_images"] >= 0.7 * 6 * 40  # 80% of 6 folders x 40 stay in training
+
+
+SCAN = """
+import json, sys
+from dfx_keras.data import corpus
+scanned = corpus.scan_corpus(sys.argv[1])
+print(json.dumps({"samples": [s.path for s in scanned.samples], "skipped": [p for p, _ in scanned.skipped],
+                  "unreadable": [p for p, _ in getattr(scanned, "unreadable", [])]}))
+"""
+
+
+def test_folders_and_files_the_process_cannot_read_are_reported_not_dropped(tmp_path):
+    root = make_corpus(tmp_path / "c", per_folder=3)
+    os.chmod(tmp_path / "c" / "real" / "Others", 0)
+    os.chmod(tmp_path / "c" / "real" / "CelebA" / "img 000.png", 0)
+    # Root reads anything: the scan runs without the capabilities that bypass file permissions.
+    unprivileged = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    result = subprocess.run([*unprivileged, sys.executable, "-c", SCAN, root], capture_output=True, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    os.chmod(tmp_path / "c" / "real" / "Others", 0o755)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["unreadable"] == ["real/Others"] and "cannot read folder" in result.stderr
+    assert found["skipped"] == ["real/CelebA/img 000.png"]
+    assert len(found["samples"]) == 6 * 3 - 3 - 1
+
+
+def test_special_files_named_like_images_are_never_read(tmp_path):
+    root = make_corpus(tmp_path / "c", per_folder=2)
+    os.mkfifo(tmp_path / "c" / "real" / "CelebA" / "pipe.png")  # reading it would block forever
+    corpus = c.scan_corpus(root, check=False)  # evaluate.py's scan: no file is opened
+    assert "real/CelebA/pipe.png" not in {s.path for s in corpus.samples} and len(corpus.samples) == 12
+    assert corpus.unreadable == [("real/CelebA/pipe.png", "not a regular file")]
+
+
+def test_one_decompression_bomb_limit_for_the_scan_and_the_serving_signature(tmp_path):
+    from dfx_keras import export
+
+    root = make_corpus(tmp_path / "c", per_folder=2)
+    (tmp_path / "c" / "real" / "CelebA" / "bomb.png").write_bytes(png_declaring(16000, 16000))  # 256 MP, CRCs right
+    write_image(str(tmp_path / "c" / "real" / "CelebA" / "big.png"), np.zeros((100, 100, 3), np.uint8))
+    reasons = dict(c.scan_corpus(root).skipped)
+    assert list(reasons) == ["real/CelebA/bomb.png"]  # Pillow's own guard let it through (it stops at 537 MP)
+    assert "16000x16000 image: 256000000 pixels, over the max_pixels limit of 100000000" in reasons["real/CelebA/bomb.png"]
+    assert export.DEFAULT_MAX_PIXELS == c.DEFAULT_MAX_PIXELS == 100_000_000
+    tight = c.scan_corpus(root, max_pixels=5000)  # --max_pixels: the 100x100 image is over it, 40x48 ones are not
+    assert sorted(dict(tight.skipped)) == ["real/CelebA/big.png", "real/CelebA/bomb.png"]
+    assert len(tight.samples) == 12

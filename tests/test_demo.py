@@ -175,3 +175,42 @@ def test_cli_errors_are_one_line(tmp_path):
     assert foreign.stderr.strip().splitlines() == [
         f"cannot write the demo corpus: {tmp_path} already holds other data (real/CelebA); "
         "write the demo corpus to its own folder"]
+
+
+def _user_files(root):
+    """A user's own images in a copy of the demo corpus: one beside the demo's, one in a subfolder."""
+    files = {os.path.join(root, "real", "FFHQ", "my_own_photo.png"): b"",
+             os.path.join(root, "real", "FFHQ", "sub", "mine2.png"): b""}
+    for i, path in enumerate(files):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(path)
+        files[path] = open(path, "rb").read()
+    return files
+
+
+def test_images_a_user_added_survive_every_rerun_and_are_part_of_the_corpus(tmp_path):
+    root = str(tmp_path)
+    demo.ensure_demo_corpus(root, 2, seed=0)
+    mine = _user_files(root)
+    for size, seed in ((2, 0), (3, 0), (1, 4)):  # reused, then regenerated with more, then fewer images
+        counts, _ = demo.ensure_demo_corpus(root, size, seed)
+        assert {p: open(p, "rb").read() for p in mine} == mine
+        paths = {s.path for s in corpus.list_images(root)}
+        assert {"real/FFHQ/my_own_photo.png", "real/FFHQ/sub/mine2.png"} <= paths
+        assert len(paths) == sum(counts.values()) + 2 == 9 * size + 2  # no stale demo file either
+    assert demo.ensure_demo_corpus(root, 1, seed=4)[1] is False  # the user's files do not make it incomplete
+
+
+def test_a_user_file_where_the_demo_writes_is_refused_and_kept(tmp_path):
+    root = str(tmp_path)
+    demo.ensure_demo_corpus(root, 2, seed=0)
+    theirs = tmp_path / "real" / "FFHQ" / "00002.png"  # where a 3-image demo would write
+    theirs.write_bytes(b"not the demo's")
+    edited = tmp_path / "real" / "CelebA" / "00001.png"  # a demo file the user replaced with their own
+    edited.write_bytes(b"edited by the user")
+    with pytest.raises(ValueError, match=r"2 file\(s\) that the demo did not write .*real/CelebA/00001.png"):
+        demo.ensure_demo_corpus(root, 3, seed=1)
+    assert theirs.read_bytes() == b"not the demo's" and edited.read_bytes() == b"edited by the user"
+    theirs.unlink()
+    demo.ensure_demo_corpus(root, 1, seed=1)  # fewer images: the edited file is the user's now, and stays
+    assert edited.read_bytes() == b"edited by the user"

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_corpus
-from dfx_keras import models, training
+from dfx_keras import configs, models, training
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
 
@@ -70,15 +70,15 @@ def test_the_global_batch_must_split_evenly_across_replicas():
 
 
 def _flag_lines(name):
-    with open(os.path.join(REPO, "configs", name)) as f:
+    with open(configs.flagfile(name)) as f:
         return [line.strip() for line in f if line.startswith("--") and not line.startswith("--workdir")]
 
 
 def test_fast_flagfile_is_the_paper_recipe_with_mixed_float16_and_xla(tmp_path):
-    assert _flag_lines("dfx_densenet121_fast.flags") == _flag_lines("dfx_densenet121.flags") + [
+    assert _flag_lines("dfx_densenet121_fast") == _flag_lines("dfx_densenet121") + [
         "--precision=mixed_float16", "--jit_compile"]
     result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--workdir={tmp_path}",
-                             "--flagfile=configs/dfx_densenet121_fast.flags", "--data_dir=/no/such/corpus"],
+                             "--flagfile=dfx_keras/configs/dfx_densenet121_fast.flags", "--data_dir=/no/such/corpus"],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode != 0 and "--data_dir not found" in result.stderr  # every flag parsed
 

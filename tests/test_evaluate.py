@@ -234,3 +234,13 @@ def test_augment_flag_rejects_unknown_kinds():
     result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--workdir=/tmp/x", "--data_dir=/tmp",
                              "--augment=jpeg,noise"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode != 0 and "--augment" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_results_dir_that_cannot_be_written_is_refused_before_any_work(workdir, tmp_path):
+    work, _ = workdir
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    for results, why in ((a_file, "is a file, not a folder"), (a_file / "sub", "cannot be written: Not a directory")):
+        result = _evaluate_cli(f"--workdir={work}", f"--results_dir={results}", "--protocols=raw", timeout=120)
+        assert result.returncode != 0 and f"--results_dir={results} {why}" in result.stderr
+        assert "Traceback" not in result.stderr and "test pool" not in result.stdout  # nothing ran

@@ -13,14 +13,13 @@ import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import random_image
+from conftest import png_declaring, random_image
 import dfx_keras
 from dfx_keras import export
 from dfx_keras.data import pipelines
@@ -247,9 +246,10 @@ def test_decode_image_decompresses_every_gif_frame_even_when_returning_one():
     (b"this is not an image", r"is not a JPEG, PNG, GIF, BMP or WebP image \(20 bytes\)"),
     (b"\x89PNG", "is not a JPEG"),  # truncated magic
     (b"\xff\x0a" + b"\0" * 40, "is not a JPEG"),  # JPEG XL: decode_image reads it, we have no size check
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "PNG"),  # header says 0x0: the decoder refuses it
-    (b"\xff\xd8\xff\xe0" + b"\0" * 40, "JPEG"),
-    (b"BM" + b"\0" * 10, "bmp"),
+    # Headers that pass the checks, data the decoder refuses: named by index and format.
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, r"image_bytes\[0\] is a PNG image that could not be decoded"),  # 0x0
+    (b"\xff\xd8\xff\xe0" + b"\0" * 40, "Invalid JPEG data"),  # no frame header: fails the size check, unnamed
+    (b"BM" + b"\0" * 10, r"image_bytes\[0\] is a BMP image that could not be decoded"),
 ])
 def test_garbage_is_an_invalid_argument_error(serve_bytes, data, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
@@ -261,15 +261,6 @@ def test_a_bad_image_in_a_batch_is_named_by_its_index(serve_bytes):
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[1\] is not a JPEG"):
         serve_bytes([good, b"garbage", good])
     assert serve_bytes([good])["probabilities"].shape == (1, 3)  # still serving
-
-
-def png_declaring(width, height):
-    """A valid few-byte PNG header (IHDR with a correct CRC) declaring ``width`` x ``height``."""
-    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
-    data = zlib.compress(b"\0" * 1000)
-    idat = struct.pack(">I", len(data)) + b"IDAT" + data + struct.pack(">I", zlib.crc32(b"IDAT" + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk + idat
 
 
 def with_size(data, fmt, width, height):
@@ -466,3 +457,13 @@ def test_export_cli_and_workdir_reuse(complete, tmp_path):
     assert export.export_workdir(str(workdir), reuse=True) == path  # same model file: no new version
     with pytest.raises(FileNotFoundError, match="no model to export"):  # the CLI prints it as a usage error
         export.export_workdir(str(tmp_path / "none"))
+
+
+def test_an_undecodable_image_in_a_batch_is_named_by_its_index_and_format(serve_bytes):
+    """Its header passes the checks, its data does not decode: inside tf.map_fn the request failed
+    with ``jpeg::Uncompress failed``, naming no image."""
+    good = encode(random_image(60, 80), "JPEG")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[1\] is a JPEG image that could not be decoded \(corrupt or truncated"):
+        serve_bytes([good, good[: len(good) // 2], good])
+    assert serve_bytes([good])["probabilities"].shape == (1, 3)  # still serving

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_corpus
-from dfx_keras import models, training
+from dfx_keras import models, run, training
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
 
@@ -77,3 +77,27 @@ def test_the_feature_pass_splits_batches_across_replicas_and_loses_no_image(tmp_
     (one, one_paths), (two, two_paths) = passes
     assert one.shape == (11, *one.shape[1:]) and one_paths == two_paths == [s.path for s in samples]
     np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_reference_frozen_bn_moves_the_base_models_statistics_not_their_weights(tmp_path, trained_bases):
+    """--frozen_bn=reference: the complete stage bypasses the cache and trains end to end with the
+    frozen base models' BatchNorm in training mode; complete.keras then holds running statistics
+    that differ from models/bm_*.keras, and every other base-model weight equal to theirs."""
+    cfg = _complete(tmp_path, trained_bases, "reference", epochs=1, frozen_bn="reference")
+    assert not os.path.exists(cfg.path("features"))
+    complete = models.load_model(cfg.path("models", "complete.keras"))
+    bases = training.load_base_models(cfg.workdir)
+    moved = kept = 0
+    for extractor, base in zip(models.base_feature_extractors(complete), bases):
+        assert extractor.name == f"{base.name}_features"
+        for ours, theirs in zip(extractor.weights, models.feature_extractor(base).weights):
+            if ours.path.endswith(("moving_mean", "moving_variance")):
+                moved += not np.allclose(ours.numpy(), theirs.numpy())
+            else:
+                np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+                kept += 1
+    assert moved == 3 * 3 * 2 and kept > 0  # 3 base models x 3 BatchNorm layers x (mean, variance)
+    assert training.stage_summaries(cfg.workdir)["complete"]["frozen_bn"] == "reference"
+    corpus, source, _ = trained_bases
+    assert run.evaluate_raw(cfg, corpus, source)["raw"]["three_class"]["n"] > 0

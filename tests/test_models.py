@@ -99,12 +99,19 @@ def test_weights_argument():
 
 
 def test_weights_from_a_local_file(tmp_path):
-    """Offline users pass a weights file; a Keras backbone loads it by path."""
-    source = backbones.build_backbone("densenet121", 64)
+    """Offline users pass a weights file; a Keras backbone loads it by path. The file comes from
+    a model built as Keras builds the ImageNet ones (BatchNorm momentum 0.99, epsilon 1.001e-5):
+    the reference's settings, set on the built layers, leave every loaded weight as it was."""
+    source = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(64, 64, 3), pooling="avg")
+    moving_variance = source.get_layer("conv1_bn").moving_variance
+    moving_variance.assign(np.linspace(0.5, 2.0, moving_variance.shape[0]))  # not the initial values
     path = str(tmp_path / "densenet121_notop.weights.h5")
     source.save_weights(path)
     bm = dfx_keras.build_base_model("densenet121", 64, path)
-    np.testing.assert_array_equal(bm.get_layer("densenet121").get_weights()[0], source.get_weights()[0])
+    backbone = bm.get_layer("densenet121")
+    for ours, theirs in zip(backbone.weights, source.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+    assert (backbone.get_layer("conv1_bn").momentum, backbone.get_layer("conv1_bn").epsilon) == (0.9, 1e-5)
 
 
 @pytest.mark.parametrize("name", ["densenet121", "resnet50", "inception_v3", "efficientnet_b0"])

@@ -116,3 +116,51 @@ def test_with_cached_images_each_worker_caches_its_own_half(small_corpus):
                                                  share=(2, k)), 2 * len(samples) // 4)) for k in range(2)]
     assert not halves[0] & halves[1] and halves[0] | halves[1] == {s.path for s in samples}
     assert abs(len(halves[0]) - len(halves[1])) <= 1
+
+
+def test_an_image_the_decoder_refuses_is_named_and_counted_before_training(tmp_path, caplog):
+    """A PNG with right chunk checksums and corrupt data passes the scan (it checks CRCs only);
+    inside a training stream it used to be dropped without a word."""
+    from conftest import png_declaring
+    from dfx_keras import run
+
+    data = make_corpus(tmp_path / "c", per_folder=4)
+    name = next(p for p in (f"real/CelebA/corrupt {i}.png" for i in range(100))
+                if corpus_lib.pool_of(p) == corpus_lib.BASE_POOL)
+    (tmp_path / "c" / name).write_bytes(png_declaring(16, 16, idat=b"not zlib data"))
+    assert corpus_lib.check_image(str(tmp_path / "c" / name)) is None
+    corpus, _ = run.open_data(TrainConfig(workdir=str(tmp_path / "w")), data)
+    assert name not in {s.path for s in corpus.samples} and len(corpus.samples) == 24
+    assert corpus.skipped == [(name, "TensorFlow cannot decode it")]
+    assert any(name in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_a_decode_needed_only_by_a_control_dependency_never_runs():
+    """TensorFlow 2.21 prunes it, in tf.data functions and tf.functions alike: bad data passes.
+    Checks must use the decode's output (``pipelines.decoded_shape``)."""
+    from conftest import png_declaring
+
+    bad = png_declaring(16, 16, idat=b"not zlib data")
+
+    def control_only(encoded):
+        with tf.control_dependencies([pipelines.decode_uint8(encoded)]):
+            return tf.identity(encoded)
+
+    ds = tf.data.Dataset.from_tensor_slices([bad])
+    assert len(list(ds.map(control_only).ignore_errors())) == 1  # not dropped: never decoded
+    assert len(list(ds.map(pipelines.decoded_shape).ignore_errors())) == 0
+    tf.function(control_only)(tf.constant(bad))  # no error either
+
+
+def test_evaluation_drops_an_undecodable_image_before_a_model_that_decodes_itself(tmp_path):
+    """One bad image would fail the SavedModel's whole batch: it must be dropped, and named, first."""
+    from conftest import png_declaring
+    from dfx_keras import evaluation
+
+    data = make_corpus(tmp_path / "c", per_folder=2)
+    (tmp_path / "c" / "real" / "CelebA" / "corrupt.png").write_bytes(png_declaring(16, 16, idat=b"not zlib data"))
+    samples = corpus_lib.scan_corpus(data).samples
+    assert "real/CelebA/corrupt.png" in {s.path for s in samples}  # the scan cannot see it
+    ds = evaluation.bytes_dataset(pipelines.FolderSource(data), samples, batch_size=5)
+    read = [p.decode() for _, paths in ds for p in paths.numpy()]
+    assert len(read) == len(samples) - 1 and "real/CelebA/corrupt.png" not in read

@@ -119,3 +119,12 @@ def test_cli_on_a_folder_prints_a_table_and_writes_csv(export_root, folder, tmp_
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and sum(bool(r["error"]) for r in rows) == 2
     assert all(r["class"] in dfx_keras.CLASS_NAMES for r in rows if not r["error"])
+
+
+def test_a_fifo_named_like_an_image_is_never_read(folder, capsys):
+    """Reading one would block forever: under a folder it is skipped with a warning, by name refused."""
+    os.mkfifo(folder / "sub" / "pipe.png")
+    files = predict.list_images([str(folder)])
+    assert str(folder / "sub" / "pipe.png") not in files and len(files) == 6
+    with pytest.raises(FileNotFoundError, match="not a regular file: .*pipe.png"):
+        predict.list_images([str(folder / "sub" / "pipe.png")])

@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import run_tfds_build
-from datasets.dfx_corpus import dfx_corpus_dataset_builder as builder_lib
-from datasets.dfx_corpus import synthetic
-from datasets.dfx_corpus.dfx_corpus_dataset_builder_test import DfxCorpusTest  # noqa: F401 (collected)
+from conftest import BUILDER_MODULE, run_tfds_build
+from dfx_keras.datasets.dfx_corpus import dfx_corpus_dataset_builder as builder_lib
+from dfx_keras.datasets.dfx_corpus import synthetic
+from dfx_keras.datasets.dfx_corpus.dfx_corpus_dataset_builder_test import DfxCorpusTest  # noqa: F401 (collected)
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data import corpus, tfds_source
 
@@ -156,7 +156,9 @@ def test_tfds_build_command_line_prepares_then_reuses(table_corpus, tmp_path):
   assert sum(1 for _ in ds) == sum(corpus.pool_of(p) == corpus.TEST_POOL for p in listed)
   files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
 
-  code, output = run_tfds_build(f"--manual_dir={table_corpus}", f"--data_dir={tmp_path}", "--config=r256")
+  # Named as an installed package names it (the wheel ships the builder as dfx_keras.datasets.dfx_corpus).
+  code, output = run_tfds_build(f"--manual_dir={table_corpus}", f"--data_dir={tmp_path}", "--config=r256",
+                                builder=BUILDER_MODULE)
   assert code == 0 and "Reusing dataset dfx_corpus" in output, output[-3000:]
   assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == files
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from conftest import make_corpus
 from dfx_keras import run, training
+from dfx_keras.classes import class_id
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
 
@@ -34,9 +36,9 @@ def _csv_epochs(path):
 def test_train_cli_runs_every_stage_and_honours_the_workdir_contract(tmp_path):
     data = make_corpus(tmp_path / "corpus", per_folder=16)
     work = str(tmp_path / "work")
-    result = _train_cli(f"--workdir={work}", f"--data_dir={data}", "--epochs=2", *TINY)
+    result = _train_cli(f"--workdir={work}", f"--data_dir={data}", "--epochs=2", "--train_baseline", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("bm_dm", "bm_gan", "bm_real", "complete"):
+    for name in ("bm_dm", "bm_gan", "bm_real", "complete", "baseline"):
         assert os.path.isfile(f"{work}/models/{name}.keras")
         assert _csv_epochs(f"{work}/logs/{name}.csv") == [0, 1]
         assert os.path.isdir(f"{work}/logs/{name}")  # TensorBoard
@@ -46,7 +48,17 @@ def test_train_cli_runs_every_stage_and_honours_the_workdir_contract(tmp_path):
     for block in ("three_class", "binary"):
         assert {"accuracy", "precision", "recall", "f1", "n"} <= set(results["raw"][block])
     assert 0 <= results["raw"]["three_class"]["accuracy"] <= 1
-    assert "test (balanced): 3-class accuracy" in result.stdout and "bm_real" in result.stdout
+    assert "bm_real" in result.stdout
+    test_table = result.stdout[result.stdout.index("test (balanced)"):].splitlines()
+    assert [line.split()[0] for line in test_table[1:3]] == ["complete", "baseline"]  # side by side
+    assert results["baseline"]["raw"]["three_class"]["n"] == results["raw"]["three_class"]["n"]
+    stages = json.load(open(f"{work}/logs/stages.json"))
+    for name in ("bm_dm", "bm_gan", "bm_real"):
+        s = stages[name]
+        assert s["main_images"] + s["other_images"] == s["train_images"] == sum(s["folder_images"].values())
+        assert f"{name}: only {s['other_images']} training images of other classes" in result.stderr
+        assert f"{s['main_images']:>6} {s['other_images']:>6}" in result.stdout  # the closing table's columns
+    assert result.stderr.count("--others_min_images") == 3  # one line per base model
     assert "I0000" not in result.stderr and "cuInit" not in result.stderr  # TensorFlow's noise is off
     checker = os.path.join(REPO, "..", "shared", "tools", "check_workdir.py")  # the team's contract check
     if os.path.exists(checker):
@@ -73,17 +85,21 @@ def test_bad_flags_fail_with_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
-def test_a_state_dict_that_does_not_fit_stops_train_py_in_one_line(tmp_path):
-    """Detected when the first base model is built, after the corpus scan."""
-    from safetensors.numpy import save_file
+def test_others_min_images_reaches_the_base_model_sets(tmp_path):
+    """Each other-class folder gives at least N pool-0 images (all it has when fewer)."""
+    data = make_corpus(tmp_path / "corpus", per_folder=40)
+    corpus, source = corpus_lib.scan_corpus(data), pipelines.FolderSource(data)
 
-    save_file({"x": np.zeros(1, np.float32)}, str(tmp_path / "other.safetensors"))
-    data = make_corpus(tmp_path / "corpus", per_folder=16)
-    result = _train_cli(f"--workdir={tmp_path}/w", f"--data_dir={data}", "--backbone=resnet18", "--image_size=32",
-                        f"--weights=torchvision:{tmp_path}/other.safetensors", timeout=300)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "does not fit resnet18 (torchvision layout): missing tensors: conv1.weight, bn1.weight" in result.stderr
-    assert "unexpected tensors: x" in result.stderr
+    def other_folders(**overrides):
+        cfg = training.TrainConfig(workdir=str(tmp_path / "w"), backbone="tiny", weights=None, image_size=32,
+                                   batch_size=8, **overrides)
+        _, _, train, val = training.base_model_data(cfg, corpus, source, "real")
+        return Counter((s.label, s.architecture) for s in train + val if s.label != class_id("real"))
+
+    pool0 = Counter((s.label, s.architecture) for s in corpus.pool(corpus_lib.BASE_POOL) if s.label != class_id("real"))
+    assert other_folders() == {folder: 1 for folder in pool0}  # 4% of about 16 images
+    assert other_folders(others_min_images=16) == {folder: min(16, n) for folder, n in pool0.items()}
+    assert min(pool0.values()) < 16 < max(pool0.values())  # both the floor and the cap apply
 
 
 KILLED_RUN = textwrap.dedent("""
@@ -137,3 +153,52 @@ def test_base_and_complete_stages_under_mirrored_strategy_on_two_cpus(tmp_path):
     results = run.evaluate_raw(cfg, corpus, source)
     assert results["raw"]["three_class"]["n"] > 0
     assert not tf.distribute.has_strategy()
+
+
+def _not_weights(tmp_path, name):
+    """A file named like weights that holds none: garbage, or an HDF5 file cut short."""
+    import h5py
+
+    path = tmp_path / f"{name}.weights.h5"
+    if name == "garbage":
+        path.write_bytes(b"not HDF5 at all")
+    else:
+        with h5py.File(path, "w") as f:
+            f.create_dataset("kernel", data=np.zeros((256, 256), np.float32))
+        path.write_bytes(path.read_bytes()[:1000])
+    return path
+
+
+@pytest.mark.parametrize("case", ["workdir_is_a_file", "imagenet_offline", "garbage_weights", "truncated_weights",
+                                  "torchvision_misfit", "demo_pointed_at_a_users_corpus"])
+def test_mistakes_that_used_to_end_in_tracebacks_are_one_line_before_the_corpus_scan(tmp_path, case):
+    data = make_corpus(tmp_path / "corpus", per_folder=2)
+    work, dense = f"--workdir={tmp_path / 'w'}", ["--backbone=densenet121", "--image_size=32", "--batch_size=8"]
+    not_weights = "is not a weights file of the densenet121 backbone at 32x32"
+    if case == "workdir_is_a_file":  # a usage error: the line comes after the script's one-line description
+        (tmp_path / "a_file").write_text("")
+        args, message = [f"--workdir={tmp_path / 'a_file'}", f"--data_dir={data}", *TINY], [
+            f"--workdir={tmp_path / 'a_file'} is a file, not a folder"]
+    elif case == "imagenet_offline":
+        args, message = [work, f"--data_dir={data}", *dense, "--weights=imagenet"], [
+            "error: the ImageNet weights of densenet121 could not be downloaded", "--weights=PATH"]
+    elif case.endswith("_weights"):
+        path = _not_weights(tmp_path, case.split("_")[0])
+        args, message = [work, f"--data_dir={data}", *dense, f"--weights={path}"], [f"error: --weights={path} {not_weights}"]
+    elif case == "torchvision_misfit":  # a state dict of another model
+        from safetensors.numpy import save_file
+
+        path = tmp_path / "other.safetensors"
+        save_file({"x": np.zeros(1, np.float32)}, str(path))
+        args = [work, f"--data_dir={data}", "--backbone=resnet18", "--image_size=32", "--batch_size=8",
+                f"--weights=torchvision:{path}"]
+        message = [f"error: {path} does not fit resnet18 (torchvision layout): missing tensors: conv1.weight, "
+                   "bn1.weight", "unexpected tensors: x"]
+    else:  # what the demo flagfile does, with --data_dir pointed at a user's corpus
+        args, message = [work, f"--data_dir={data}", "--make_demo_corpus", *TINY], [f"error: {data} already holds other data"]
+    result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], capture_output=True, text=True,
+                            timeout=300, cwd=REPO, env={**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]  # KERAS_HOME: no cached ImageNet weights
+    assert result.returncode == 1 and all(m in lines[-1] for m in message), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "corpus:" not in result.stdout
+    assert len(lines) == (1 if message[0].startswith("error:") else 2), lines

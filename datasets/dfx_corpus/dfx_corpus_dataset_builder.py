@@ -74,6 +74,11 @@ class DfxCorpusConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for the DeepFeatureX corpus (DM-made, GAN-made and real images)."""
 
+  # The metadata files (checksums.tsv, README.md, CITATIONS.bib, TAGS.txt) lie beside this file.
+  # tfds would look for them under the module name's top-level package, which differs from
+  # this folder when the builder is imported as dfx_keras.datasets.dfx_corpus from an
+  # editable install (setup.cfg maps that name onto datasets/dfx_corpus).
+  pkg_dir_path = epath.Path(__file__).parent
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release: configs original and r256; splits train_base, train_complete "

@@ -5,7 +5,7 @@ photos' PNGs (about half of raw RGB) rather than the extremes of pure noise or f
 the benchmarks' disk sizes depend on it.
 
 Regenerate the builder's dummy data with:
-    python -m datasets.dfx_corpus.synthetic datasets/dfx_corpus/dummy_data
+    python -m dfx_keras.datasets.dfx_corpus.synthetic datasets/dfx_corpus/dummy_data
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import posixpath
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
@@ -32,7 +33,12 @@ SPLIT_NAMES = ("train_base", "train_complete", "test")
 UNSPECIFIED_ARCHITECTURE = "unspecified"
 SPLIT_COLUMNS = ("label", "image_path", "model")
 
-# Decompression-bomb guard for the checks below; the real corpus tops out at 1024x1024.
+# The decompression-bomb limit (width x height) of the corpus scan and of the exported SavedModel
+# (--max_pixels): an 8000x8000 photo (64 MP) passes, a 20000x20000 PNG bomb (400 MP, a few KB on
+# disk, 1.2 GB as uint8 RGB and 4.8 GB as float32) is refused. The real corpus tops out at 1 MP.
+DEFAULT_MAX_PIXELS = 100_000_000
+# Pillow's own guard (it raises at twice this) stays above any sensible limit: ours is checked
+# explicitly in check_image.
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
 
 
@@ -57,11 +63,21 @@ class Sample:
 
 @dataclasses.dataclass
 class Corpus:
-    """A scanned corpus: the readable samples, and the files skipped with the reason."""
+    """A scanned corpus: the readable samples, the image files skipped with the reason, and the
+    folders (or special files) that could not be read at all."""
 
     root: str
     samples: list[Sample]
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    unreadable: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def without(self, samples: Sequence[Sample], reason: str) -> "Corpus":
+        """This corpus with ``samples`` moved to ``skipped`` (one warning each)."""
+        for s in samples:
+            logging.warning("skipping image %s (%s)", s.path, reason)
+        dropped = {s.path for s in samples}
+        return dataclasses.replace(self, samples=[s for s in self.samples if s.path not in dropped],
+                                   skipped=self.skipped + [(s.path, reason) for s in samples])
 
     def pool(self, pool: int) -> list[Sample]:
         return [s for s in self.samples if s.pool == pool]
@@ -85,24 +101,43 @@ def pool_of(relpath: str) -> int:
     return BASE_POOL if u < POOL_SHARES[0] else COMPLETE_POOL if u < POOL_SHARES[0] + POOL_SHARES[1] else TEST_POOL
 
 
-def image_files(folder: str) -> list[str]:
+def image_files(folder: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+                unreadable: list[tuple[str, str]] | None = None) -> list[str]:
     """Image files under ``folder`` as POSIX paths relative to it, in walk order: each folder's
-    files sorted by name, then its subfolders sorted by name (not a plain sort by path)."""
+    files sorted by name, then its subfolders sorted by name (not a plain sort by path).
+
+    Only regular files are listed: reading a FIFO or a device named like an image would block.
+    A folder that cannot be listed (permissions, I/O errors) is never left out silently, as
+    ``os.walk`` would by default: each such folder and special file gets a warning and is
+    appended to ``unreadable`` as (path relative to ``folder``, reason).
+    """
+    problems = unreadable if unreadable is not None else []
+
+    def folder_error(error: OSError) -> None:
+        logging.warning("cannot read folder %s (%s): the images in it are left out", error.filename, error.strerror)
+        problems.append((os.path.relpath(error.filename, folder).replace(os.sep, "/"),
+                         f"folder cannot be read: {error.strerror}"))
+
     files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=folder_error):
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, folder)
         for filename in sorted(filenames):
-            if filename.lower().endswith(IMAGE_EXTENSIONS):
-                rel = filename if rel_dir == "." else os.path.join(rel_dir, filename)
-                files.append(rel.replace(os.sep, "/"))
+            if filename.lower().endswith(extensions):
+                rel = (filename if rel_dir == "." else os.path.join(rel_dir, filename)).replace(os.sep, "/")
+                if os.path.isfile(os.path.join(dirpath, filename)):
+                    files.append(rel)
+                else:
+                    logging.warning("skipping %s: not a regular file", os.path.join(dirpath, filename))
+                    problems.append((rel, "not a regular file"))
     return files
 
 
-def list_images(root: str) -> list[Sample]:
+def list_images(root: str, unreadable: list[tuple[str, str]] | None = None) -> list[Sample]:
     """All image files under the three class folders, in walk order (``image_files``); no file is opened.
 
-    Raises CorpusError naming what is missing when the layout is wrong.
+    Raises CorpusError naming what is missing when the layout is wrong. Folders and special
+    files that cannot be read are appended to ``unreadable`` (paths relative to ``root``).
     """
     if not os.path.isdir(root):
         raise CorpusError(f"corpus folder not found: {root}")
@@ -114,25 +149,33 @@ def list_images(root: str) -> list[Sample]:
             f"{', '.join(CLASS_NAMES)} each holding one folder per architecture (found: {found or 'none'})")
     samples = []
     for label, name in enumerate(CLASS_NAMES):
-        for rel in image_files(os.path.join(root, name)):
+        problems = []
+        for rel in image_files(os.path.join(root, name), unreadable=problems):
             folder, sep, _ = rel.partition("/")
             samples.append(Sample(f"{name}/{rel}", label, folder if sep else UNSPECIFIED_ARCHITECTURE))
+        if unreadable is not None:
+            unreadable.extend((posixpath.normpath(f"{name}/{path}"), why) for path, why in problems)
     if not samples:
         raise CorpusError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}/{{{','.join(CLASS_NAMES)}}}")
     return samples
 
 
-def check_image(path: str) -> str | None:
+def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Why an image file cannot be used, or None when it decodes.
 
     Catches what would otherwise fail deep inside a tf.data pipeline: empty files, files that
-    are not images, truncated data. PNGs are checked by their chunk CRCs (no decompression),
-    JPEGs by a draft-mode decode at 1/8 scale, other formats by a full decode.
+    are not images, truncated data, decompression bombs (over ``max_pixels``, from the header).
+    PNGs are checked by their chunk CRCs (no decompression: a full decode is 30x slower, and
+    ``pipelines.undecodable`` finds the rest), JPEGs by a draft-mode decode at 1/8 scale, other
+    formats by a full decode.
     """
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
         with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                return (f"{im.width}x{im.height} image: {im.width * im.height} pixels, over the max_pixels limit of "
+                        f"{max_pixels} (decompression bomb guard)")
             if im.format == "PNG":
                 im.verify()
             else:
@@ -144,14 +187,16 @@ def check_image(path: str) -> str | None:
     return None
 
 
-def scan_corpus(root: str, check: bool = True, workers: int | None = None) -> Corpus:
+def scan_corpus(root: str, check: bool = True, workers: int | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Corpus:
     """List the corpus and, with ``check``, drop unreadable files with one warning each."""
-    samples = list_images(root)
+    unreadable = []
+    samples = list_images(root, unreadable)
     if not check:
-        return Corpus(root, samples)
+        return Corpus(root, samples, unreadable=unreadable)
     paths = [os.path.join(root, *s.path.split("/")) for s in samples]
     with concurrent.futures.ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        errors = list(pool.map(check_image, paths))
+        errors = list(pool.map(functools.partial(check_image, max_pixels=max_pixels), paths))
     kept, skipped = [], []
     for sample, error in zip(samples, errors):
         if error is None:
@@ -163,7 +208,7 @@ def scan_corpus(root: str, check: bool = True, workers: int | None = None) -> Co
         logging.warning("skipped %d unreadable image(s) of %d under %s", len(skipped), len(samples), root)
     if not kept:
         raise CorpusError(f"none of the {len(samples)} image files under {root} could be read")
-    return Corpus(root, kept, skipped)
+    return Corpus(root, kept, skipped, unreadable)
 
 
 def write_split_csv(samples: Iterable[Sample], path: str) -> None:
@@ -195,24 +240,27 @@ def by_folder(samples: Iterable[Sample]) -> dict[tuple[int, str], list[Sample]]:
     return dict(groups)
 
 
-def folder_quota(count: int, fraction: float) -> int:
-    """Images an "others" folder of ``count`` images contributes: round(fraction*count), >= 1."""
-    return min(count, max(1, round(fraction * count))) if fraction > 0 else 0
+def folder_quota(count: int, fraction: float, min_images: int = 0) -> int:
+    """Images an "others" folder of ``count`` images contributes: round(fraction*count), at
+    least one when ``fraction`` > 0 and at least ``min_images``, at most ``count``."""
+    floor = max(1 if fraction > 0 else 0, min_images)
+    return min(count, max(floor, round(fraction * count)))
 
 
 def base_model_subset(samples: Iterable[Sample], main_class: int, others_fraction: float,
-                      salt: str = "others") -> list[Sample]:
+                      salt: str = "others", others_min_images: int = 0) -> list[Sample]:
     """The deliberately unbalanced set of one base model, from pool-0 samples.
 
     All images of ``main_class``, plus ``others_fraction`` of every architecture folder of the
-    other classes (at least one image per folder, so every generator is seen), chosen by hash.
+    other classes (at least one image per folder, so every generator is seen, and at least
+    ``others_min_images`` while the folder has them), chosen by hash.
     """
     chosen = []
     for (label, _), group in sorted(by_folder(samples).items()):
         if label == main_class:
             chosen.extend(group)
         else:
-            chosen.extend(_first_by_hash(group, folder_quota(len(group), others_fraction), salt))
+            chosen.extend(_first_by_hash(group, folder_quota(len(group), others_fraction, others_min_images), salt))
     return sorted(chosen, key=lambda s: s.path)
 
 
@@ -261,5 +309,31 @@ def balanced_sample(samples: Sequence[Sample], per_class: int | None, seed: int,
 def fraction_others(samples: Sequence[Sample], main_class: int) -> float:
     """Share of images not of ``main_class`` (BM-DM ~12.9% on the full corpus)."""
     return sum(s.label != main_class for s in samples) / max(1, len(samples))
+
+
+# Fewest training "others" (negatives) a base model should get before train.py warns. The 4%
+# rule gives each base model 450 to 734 of them on the paper's 72k corpus (BM-GAN fewest). On
+# small corpora, measured with the demo recipe: with 5 to 30 negatives per base model the complete
+# model fell below the single-backbone baseline (demo corpora of 540 and 2,700 images, and a
+# 2,850-image corpus of real photos and generator outputs, DESIGN.md 1.3b); with 90 to 150
+# (--others_min_images) it matched or beat it. 100 lies between the two and far below the paper's.
+FEW_OTHERS = 100
+
+
+def base_model_counts(train: Sequence[Sample], main_class: int) -> dict:
+    """What a base model trains on: ``main_images``, ``other_images`` and images per
+    ``<class>/<folder>`` (``folder_images``), for logs/stages.json and the closing table."""
+    folders = Counter(f"{CLASS_NAMES[s.label]}/{s.architecture}" for s in train)
+    others = sum(s.label != main_class for s in train)
+    return {"main_images": len(train) - others, "other_images": others, "folder_images": dict(sorted(folders.items()))}
+
+
+def few_others_warning(name: str, other_images: int) -> str | None:
+    """One line for a base model with fewer than ``FEW_OTHERS`` training negatives, naming the
+    flag that raises them; None when it has enough."""
+    if other_images >= FEW_OTHERS:
+        return None
+    return (f"{name}: only {other_images} training images of other classes (the paper's 4% rule gives 450 or more "
+            f"on its 72k corpus); consider --others_min_images=N (at least N from each other-class folder)")
 
 

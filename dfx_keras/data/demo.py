@@ -32,14 +32,18 @@ position in the corpus, so the output does not depend on the order of generation
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
-import shutil
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
+from dfx_keras import durable
 from dfx_keras.classes import CLASS_NAMES
+from dfx_keras.data.corpus import CorpusError, list_images
 
 GENERATOR_VERSION = 2  # bump when the images change, so stale corpora are regenerated
 MARKER_FILE = ".demo_corpus.json"
@@ -334,19 +338,49 @@ def _parameters(images_per_architecture: int, seed: int) -> dict:
             "seed": seed}
 
 
-def _foreign_folders(out_dir: str) -> list[str]:
-    """Folders in ``out_dir`` that the demo did not write, e.g. a real corpus.
+def _planned(images_per_architecture: int) -> list[str]:
+    """The files the demo writes, relative to its folder, in the order it writes them."""
+    return [f"{class_name}/{spec.name}/{i:05d}.png" for class_name in CLASS_NAMES
+            for spec in ARCHITECTURES[class_name] for i in range(images_per_architecture)]
 
-    The demo's folder names are the real corpus' own, so without our marker file every
-    existing architecture folder counts as foreign: the demo never empties a user's data.
+
+def _manifest(out_dir: str) -> dict[str, str | None] | None:
+    """The files the demo wrote in ``out_dir`` (relative path -> sha256; None: not hashed, or
+    still being written), from its marker; None when there is no marker.
+
+    A marker of the previous generator version lists no files: its parameters name them.
     """
-    ours = os.path.exists(os.path.join(out_dir, MARKER_FILE))
+    try:
+        with open(os.path.join(out_dir, MARKER_FILE)) as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # unreadable: no file is known to be the demo's
+    if "files" in recorded:
+        return recorded["files"]
+    return dict.fromkeys(_planned(recorded.get("images_per_architecture", 0)))
+
+
+def _as_written(out_dir: str, path: str, digest: str | None) -> bool:
+    """Whether the demo's file ``path`` is still the one it wrote (it may then replace it)."""
+    full = os.path.join(out_dir, path)
+    if not os.path.isfile(full):
+        return False
+    if digest is None:
+        return True
+    with open(full, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest() == digest
+
+
+def _foreign_folders(out_dir: str) -> list[str]:
+    """What the class folders of ``out_dir``, a folder without the demo's marker, hold: a user's
+    data (a real corpus has the demo's folder names), which the demo never mixes into."""
     found = []
     for class_name in CLASS_NAMES:
         class_dir = os.path.join(out_dir, class_name)
         if os.path.isdir(class_dir):
-            names = {spec.name for spec in ARCHITECTURES[class_name]} if ours else set()
-            found += [f"{class_name}/{d}" for d in sorted(os.listdir(class_dir)) if d not in names]
+            found += [f"{class_name}/{d}" for d in sorted(os.listdir(class_dir))]
     return found
 
 
@@ -358,61 +392,81 @@ IMAGES_PER_ARCHITECTURE = 300
 def generate_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = 0) -> dict:
     """Write the demo corpus under ``out_dir``; returns {(class name, architecture): count}.
 
-    Refuses a folder holding other data in the class folders, which would silently mix into
-    the demo. Our own architecture folders are emptied first, so a rerun with fewer images
-    leaves no stale files. The marker file recording the parameters is written last, so its
-    presence means the corpus is complete.
+    The marker file lists every file the demo wrote, with its hash. A rerun (other parameters)
+    replaces or removes only those, and only while they are as written, so a rerun with fewer
+    images leaves no stale files and no other file is ever touched: images a user added stay,
+    and are part of the corpus. A file of the user's where the demo would write its own is
+    refused (CorpusError), as is a folder whose class folders hold data but no marker (a real
+    corpus, with the same folder names), which the demo would mix into. The marker records the
+    parameters only once every image is written, so they mean the corpus is complete.
     """
     if images_per_architecture < 1:
         raise ValueError(f"images_per_architecture must be >= 1, got {images_per_architecture}")
-    foreign = _foreign_folders(out_dir)
-    if foreign:
-        raise ValueError(f"{out_dir} already holds other data ({', '.join(foreign[:3])}"
-                         f"{', ...' if len(foreign) > 3 else ''}); write the demo corpus to its own folder")
+    manifest = _manifest(out_dir)
+    if manifest is None:
+        foreign = _foreign_folders(out_dir)
+        if foreign:
+            raise CorpusError(f"{out_dir} already holds other data ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); write the demo corpus to its own folder")
+    ours = [path for path, digest in (manifest or {}).items() if _as_written(out_dir, path, digest)]
+    planned = _planned(images_per_architecture)
+    taken = [p for p in planned if os.path.lexists(os.path.join(out_dir, p)) and p not in set(ours)]
+    if taken:
+        raise CorpusError(f"{out_dir} holds {len(taken)} file(s) that the demo did not write where it writes its own "
+                          f"({', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''}); move them, or write the demo "
+                          "corpus to its own folder")
     marker = os.path.join(out_dir, MARKER_FILE)
     os.makedirs(out_dir, exist_ok=True)
-    with open(marker, "w") as f:  # claims the folder; the parameters are written on completion
-        json.dump({"complete": False}, f)
-    counts = {}
+    # Claims the files it is about to write or remove, so an interrupted run's files stay its own.
+    durable.atomic_write(marker, json.dumps({"complete": False, "files": dict.fromkeys([*ours, *planned])}))
+    for path in set(ours) - set(planned):
+        os.remove(os.path.join(out_dir, path))
+    files = {}
     for class_index, class_name in enumerate(CLASS_NAMES):
         for arch_index, spec in enumerate(ARCHITECTURES[class_name]):
             folder = os.path.join(out_dir, class_name, spec.name)
-            shutil.rmtree(folder, ignore_errors=True)
-            os.makedirs(folder)
+            os.makedirs(folder, exist_ok=True)
             for i in range(images_per_architecture):
-                pixels = make_image(seed, class_index, arch_index, i)
-                Image.fromarray(pixels).save(os.path.join(folder, f"{i:05d}.png"), compress_level=1)
-            counts[(class_name, spec.name)] = images_per_architecture
-    with open(marker, "w") as f:
-        json.dump(_parameters(images_per_architecture, seed), f, indent=2, sort_keys=True)
-    return counts
+                png = io.BytesIO()
+                Image.fromarray(make_image(seed, class_index, arch_index, i)).save(png, "PNG", compress_level=1)
+                with open(os.path.join(folder, f"{i:05d}.png"), "wb") as f:
+                    f.write(png.getvalue())
+                files[f"{class_name}/{spec.name}/{i:05d}.png"] = hashlib.sha256(png.getvalue()).hexdigest()
+    durable.atomic_write(marker, json.dumps({**_parameters(images_per_architecture, seed), "files": files},
+                                            indent=2, sort_keys=True))
+    return {(class_name, spec.name): images_per_architecture for class_name in CLASS_NAMES
+            for spec in ARCHITECTURES[class_name]}
 
 
 def existing_demo_corpus(out_dir: str, images_per_architecture: int, seed: int) -> dict | None:
-    """The counts of a complete demo corpus made with these parameters in ``out_dir``, or None."""
+    """The counts of a complete demo corpus made with these parameters in ``out_dir``, or None.
+
+    Files a user added beside the demo's do not make it incomplete."""
     try:
         with open(os.path.join(out_dir, MARKER_FILE)) as f:
-            if json.load(f) != _parameters(images_per_architecture, seed):
-                return None
+            recorded = json.load(f)
     except (OSError, ValueError):
         return None
-    counts = {}
-    for class_name in CLASS_NAMES:
-        for spec in ARCHITECTURES[class_name]:
-            folder = os.path.join(out_dir, class_name, spec.name)
-            expected = {f"{i:05d}.png" for i in range(images_per_architecture)}
-            if not os.path.isdir(folder) or set(os.listdir(folder)) != expected:
-                return None
-            counts[(class_name, spec.name)] = images_per_architecture
-    return counts
+    if {k: v for k, v in recorded.items() if k != "files"} != _parameters(images_per_architecture, seed):
+        return None
+    if not all(os.path.isfile(os.path.join(out_dir, path)) for path in _planned(images_per_architecture)):
+        return None
+    return {(class_name, spec.name): images_per_architecture for class_name in CLASS_NAMES
+            for spec in ARCHITECTURES[class_name]}
 
 
 def ensure_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = 0) -> tuple[dict, bool]:
     """The demo corpus in ``out_dir``, generated only when missing or made otherwise.
 
     Returns (counts, generated): ``generated`` is False when an existing corpus was reused.
+    Images a user added to the folder are kept, and said so.
     """
     counts = existing_demo_corpus(out_dir, images_per_architecture, seed)
-    if counts is not None:
-        return counts, False
-    return generate_demo_corpus(out_dir, images_per_architecture, seed), True
+    generated = counts is None
+    if generated:
+        counts = generate_demo_corpus(out_dir, images_per_architecture, seed)
+    added = len(list_images(out_dir)) - sum(counts.values())
+    if added:
+        logging.warning("%s holds %d image(s) besides the demo's: they are kept and are part of the corpus", out_dir,
+                        added)
+    return counts, generated

@@ -1,1 +1,0 @@
-"""tfds dataset builders of the project (``datasets/<name>/``, the `tfds new` layout)."""

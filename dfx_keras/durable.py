@@ -1,0 +1,167 @@
+"""Files that survive a kill: atomic writes, leftovers of dead writers, one owner per workdir.
+
+A process can die at any instruction (kill -9, the OOM killer, a preempted VM). What it was
+writing must then be either the old complete file or the new complete one, never a mix:
+``atomic_write`` writes under a temporary name in the same folder, flushes it to disk and
+renames it over the target (a rename within one file system is atomic). Temporary names carry
+the writer's host and process id, so ``remove_dead_temporaries`` can clear what a killed writer
+left without touching what a live one is writing. ``exclusive_lock`` lets one process own a
+folder; the kernel releases its ``flock`` when the owner dies, so a kill leaves no stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import os
+import re
+import shutil
+import socket
+import tempfile
+from typing import Callable, Iterator
+
+from absl import logging
+
+_TEMPORARY = re.compile(r"^\.tmp-(?P<pid>\d+)-(?P<host>[A-Za-z0-9]*)-")
+
+
+def _host() -> str:
+    """This machine's name reduced to letters and digits (temporary names split on '-')."""
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())
+
+
+def temporary_name(name: str) -> str:
+    """A hidden name for a file or folder being written as ``name``, tagged with its writer.
+
+    The name ends with ``name``, so extensions that libraries insist on (``.keras``,
+    ``.weights.h5``) are kept.
+    """
+    return f".tmp-{os.getpid()}-{_host()}-{name}"
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: str) -> None:
+    """Flush a file, or every file and folder under a folder, to disk."""
+    if os.path.isdir(path):
+        for root, _, files in os.walk(path):
+            for name in files:
+                _fsync(os.path.join(root, name))
+            _fsync(root)
+    else:
+        _fsync(path)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def atomic_write(path: str, content: str | bytes | Callable[[str], None]) -> None:
+    """Write ``path`` so that a crash at any moment leaves the old file or the new one.
+
+    ``content`` is text, bytes, or a function that writes a file (or a folder) at the path it
+    is given. An existing folder at ``path`` is replaced only when empty (rename semantics).
+    What killed writers left in the folder is removed first.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    remove_dead_temporaries(folder)
+    tmp = os.path.join(folder, temporary_name(name))
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            with open(tmp, "wb" if isinstance(content, bytes) else "w") as f:
+                f.write(content)
+        _fsync_tree(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync(folder)
+
+
+def make_temporary_folder(parent: str, name: str) -> str:
+    """A new empty hidden folder in ``parent`` for writing ``name`` (``atomic_write``'s naming,
+    plus a random part), for writers that pick their final name only when done."""
+    return tempfile.mkdtemp(prefix=temporary_name(f"{name}-"), dir=parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def remove_dead_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files and folders in ``folder`` whose writer died (this host only:
+    another machine's process cannot be checked, so its temporaries are left alone). Returns
+    the names removed."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(folder):
+            match = _TEMPORARY.match(name)
+            if match and match["host"] == _host() and not _alive(int(match["pid"])):
+                _remove(os.path.join(folder, name))
+                removed.append(name)
+    if removed:
+        logging.warning("removed %d unfinished write(s) of killed processes in %s: %s", len(removed), folder,
+                        ", ".join(removed))
+    return removed
+
+
+class InUseError(RuntimeError):
+    """Another live process holds the lock (the message says which)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str, what: str) -> Iterator[None]:
+    """Own ``what`` while the block runs, through an ``flock`` on ``path`` (created if missing).
+
+    The lock file holds its owner (process id, host, start time) for the message another
+    process gets: InUseError. It is never deleted: removing a lock file lets two processes lock
+    two different files of the same name.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            owner = os.pread(fd, 1024, 0).decode(errors="replace").strip() or "details not recorded yet"
+            raise InUseError(f"{what} is in use by another run ({owner}); wait for it to finish or "
+                             "choose another folder") from None
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_writable_folder(path: str, flag: str) -> None:
+    """Make sure ``path`` is (or can be created as) a folder this process can write, before any
+    long work whose results would go there; raise ValueError naming ``flag`` otherwise."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError:
+        raise ValueError(f"{flag}={path} is a file, not a folder") from None
+    except OSError as e:
+        raise ValueError(f"{flag}={path} cannot be written: {e.strerror or e}") from None
