@@ -72,9 +72,9 @@ def main(argv):
     from dfx_keras import evaluation, models
     from dfx_keras.data import corpus as corpus_lib
     from dfx_keras.data import pipelines
-    from dfx_keras.run import recorded_data_flags
+    from dfx_keras.workdir import Workdir
 
-    data_dir = FLAGS.data_dir or recorded_data_flags(FLAGS.workdir).get("data_dir")
+    data_dir = FLAGS.data_dir or Workdir(FLAGS.workdir).recorded_data_flags().get("data_dir")
     pool = evaluation.test_data(corpus_lib.scan_corpus(data_dir, check=False))[0]
     samples = (pool * (FLAGS.images // len(pool) + 1))[:FLAGS.images]
     source = pipelines.folder_source(data_dir)

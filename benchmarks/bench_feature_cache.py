@@ -42,6 +42,7 @@ from dfx_keras import models, training  # noqa: E402
 from dfx_keras.classes import CLASS_NAMES  # noqa: E402
 from dfx_keras.data import corpus as corpus_lib  # noqa: E402
 from dfx_keras.data import pipelines  # noqa: E402
+from dfx_keras.workdir import Workdir  # noqa: E402
 
 EPOCHS_TO_EXTRAPOLATE = 50
 
@@ -109,8 +110,8 @@ def time_complete_stage(workdir: str, base_models: str, corpus, source, args, fe
 def warm_feature_pass(workdir: str, corpus, source, args) -> np.ndarray:
     """(wall, CPU) seconds of a second pass of the cache's feature extractor over the stage's images."""
     train, val, _ = training.complete_split(corpus, training.TrainConfig(workdir).val_fraction)
-    frozen = models.build_complete_model(*training.load_base_models(workdir))
-    cache = training.FeatureCache(workdir, frozen, source, args.image_size, args.batch_size, write=False)
+    frozen = models.build_complete_model(*training.load_base_models(Workdir(workdir)))
+    cache = training.FeatureCache(Workdir(workdir).features, frozen, source, args.image_size, args.batch_size, write=False)
     cache.features(train + val)
     start = clock()
     cache.features(train + val)

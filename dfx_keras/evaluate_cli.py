@@ -25,13 +25,15 @@ def model_paths() -> dict[str, str]:
     if FLAGS.model:
         name = os.path.splitext(os.path.basename(os.path.normpath(FLAGS.model)))[0]
         return {"model" if name.isdigit() else name: FLAGS.model}
-    paths = {"complete": os.path.join(FLAGS.workdir, "models", "complete.keras")}
+    from dfx_keras.workdir import BASELINE, COMPLETE, Workdir
+
+    wd = Workdir(FLAGS.workdir)
+    paths = {COMPLETE: wd.model(COMPLETE)}
     if not os.path.exists(paths["complete"]):
         raise app.UsageError(f"{paths['complete']} not found: train the workdir first (python train.py "
                              f"--workdir={FLAGS.workdir} ...) or give --model=PATH")
-    baseline = os.path.join(FLAGS.workdir, "models", "baseline.keras")
-    if FLAGS.baseline and os.path.exists(baseline):
-        paths["baseline"] = baseline
+    if FLAGS.baseline and os.path.exists(wd.model(BASELINE)):
+        paths[BASELINE] = wd.model(BASELINE)
     return paths
 
 
@@ -57,7 +59,9 @@ def results_dir(names: list[str]) -> str:
         return FLAGS.results_dir
     if not FLAGS.workdir:
         raise app.UsageError("give --results_dir=FOLDER (or --workdir) for the results of --model")
-    return os.path.join(FLAGS.workdir, "results", *([names[0]] if FLAGS.model else []))
+    from dfx_keras.workdir import Workdir
+
+    return Workdir(FLAGS.workdir).results(*([names[0]] if FLAGS.model else []))
 
 
 def check_flags() -> dict:
@@ -70,9 +74,9 @@ def check_flags() -> dict:
         raise app.UsageError(f"--model not found: {FLAGS.model}")
     data = {k: getattr(FLAGS, k) for k in ("data_dir", "data") if getattr(FLAGS, k)}
     if not data and FLAGS.workdir:
-        from dfx_keras.run import recorded_data_flags
+        from dfx_keras.workdir import Workdir
 
-        data = recorded_data_flags(FLAGS.workdir)
+        data = Workdir(FLAGS.workdir).recorded_data_flags()
     if data.get("data_dir") and not data.get("data") and not os.path.isdir(data["data_dir"]):
         raise app.UsageError(f"--data_dir not found: {data['data_dir']}")
     if FLAGS.generalization_dir and not os.path.isdir(FLAGS.generalization_dir):
@@ -80,7 +84,7 @@ def check_flags() -> dict:
     paths = model_paths()
     plan = {"data_dir": data.get("data_dir"), "data": data.get("data"), "models": paths,
             "protocols": protocols(bool(data)), "results_dir": results_dir(list(paths))}
-    from dfx_keras.durable import check_writable_folder
+    from dfx_keras.workdir import check_writable_folder
 
     try:  # the results of hours of protocols must have somewhere to go
         check_writable_folder(plan["results_dir"], "--results_dir")

@@ -37,10 +37,11 @@ import shutil  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from dfx_keras import __version__, durable  # noqa: E402
+from dfx_keras import __version__  # noqa: E402
 from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES, REAL  # noqa: E402
 from dfx_keras.data import pipelines  # noqa: E402
 from dfx_keras.data.corpus import DEFAULT_MAX_PIXELS  # noqa: E402  the corpus scan's limit too
+from dfx_keras.workdir import COMPLETE, Workdir, atomic_write, export_versions, make_temporary_folder, remove_dead_temporaries  # noqa: E402
 SIGNATURE_BYTES, SIGNATURE_IMAGES = "serving_default", "serving_images"
 BYTES_INPUT, IMAGES_INPUT = "image_bytes", "images"
 OUTPUTS = ("probabilities", "class_id", "class_name", "fake_score")
@@ -311,13 +312,6 @@ def write_warmup(path: str, model_name: str, image_size: int) -> None:
 
 # --- versioned, atomic export ---------------------------------------------------------------------
 
-def versions(model_dir: str) -> list[int]:
-    """The integer version folders under ``model_dir`` (TF Serving ignores anything else)."""
-    if not os.path.isdir(model_dir):
-        return []
-    return sorted(int(d) for d in os.listdir(model_dir) if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
-
-
 def directory_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
@@ -367,14 +361,14 @@ def export_saved_model(model, export_root: str, model_name: str = "dfx", version
     """
     model_dir = os.path.join(export_root, model_name)
     os.makedirs(model_dir, exist_ok=True)
-    durable.remove_dead_temporaries(model_dir)  # what killed exports left
+    remove_dead_temporaries(model_dir)  # what killed exports left
     renumber = version is None
-    version = (versions(model_dir) or [0])[-1] + 1 if renumber else version
+    version = (export_versions(model_dir) or [0])[-1] + 1 if renumber else version
     if version < 1:
         raise ValueError(f"export versions are positive integers, got {version}")
     if os.path.exists(os.path.join(model_dir, str(version))):
         raise _version_exists(model_dir, version)
-    tmp = durable.make_temporary_folder(model_dir, str(version))
+    tmp = make_temporary_folder(model_dir, str(version))
     try:
         module = ServingModule(model, max_pixels)
         tf.saved_model.save(module, tmp, signatures=module.signatures())
@@ -405,9 +399,9 @@ def _publish(tmp: str, model_dir: str, version: int, renumber: bool) -> str:
                     raise
         if not renumber:
             raise _version_exists(model_dir, version)
-        version = versions(model_dir)[-1] + 1
+        version = export_versions(model_dir)[-1] + 1
         path = os.path.join(tmp, "assets.extra", METADATA_FILE)
-        durable.atomic_write(path, json.dumps({**read_metadata(tmp), "version": version}, indent=2))
+        atomic_write(path, json.dumps({**read_metadata(tmp), "version": version}, indent=2))
 
 
 def export_workdir(workdir: str, export_dir: str | None = None, model_name: str = "dfx", version: int | None = None,
@@ -417,12 +411,13 @@ def export_workdir(workdir: str, export_dir: str | None = None, model_name: str 
     ``reuse`` (train.py) returns the newest export instead when it was made from the same
     model file and pixel limit, so rerunning a finished training does not pile up copies.
     """
-    model_path = model_path or os.path.join(workdir, "models", "complete.keras")
+    wd = Workdir(workdir) if workdir else None
+    model_path = model_path or wd.model(COMPLETE)
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"no model to export: {model_path} (train the complete model first)")
-    model_dir = os.path.join(export_dir or os.path.join(workdir, "export"), model_name)
+    model_dir = os.path.join(export_dir, model_name) if export_dir else wd.export(model_name)
     sha256 = file_sha256(model_path)
-    existing = versions(model_dir) if reuse and version is None else []
+    existing = export_versions(model_dir) if reuse and version is None else []
     if existing:
         latest = os.path.join(model_dir, str(existing[-1]))
         recorded = read_metadata(latest)

@@ -11,7 +11,7 @@ import keras
 from keras import layers
 
 from dfx_keras import backbones
-from dfx_keras.classes import NUM_CLASSES, SHORT_NAMES
+from dfx_keras.classes import NUM_CLASSES, base_model_name  # noqa: F401  models.base_model_name names the Keras models
 
 FEATURES_LAYER = "features"
 LOGITS_LAYER = "logits"
@@ -23,11 +23,6 @@ HEAD_CONVS = ((16, 7, 2), (64, 5, 2), (256, 3, 1), (512, 3, 1), (1024, 3, 1))
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 # How the frozen base models' BatchNorm runs while the complete model trains (set_frozen_batchnorm).
 FROZEN_BN_MODES = ("inference", "reference")
-
-
-def base_model_name(main_class: str) -> str:
-    """``bm_dm``, ``bm_gan`` or ``bm_real``: the model and file name of a base model."""
-    return f"bm_{SHORT_NAMES[main_class]}"
 
 
 def _image_to_features(backbone: str, image_size: int | None, weights: str | None, bn_momentum: float):

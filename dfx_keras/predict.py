@@ -46,9 +46,9 @@ def resolve_model(path: str) -> str:
     """A SavedModel folder, or a TF Serving model folder (``E/dfx``): its newest version."""
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path
-    from dfx_keras.export import versions  # imports TensorFlow: not at module level
+    from dfx_keras.workdir import export_versions
 
-    found = versions(path)
+    found = export_versions(path)
     if not found:
         raise FileNotFoundError(f"no SavedModel at {path} (expected saved_model.pb or version folders 1, 2, ...)")
     return os.path.join(path, str(found[-1]))
@@ -170,7 +170,7 @@ def summary(predictions: Sequence[Prediction]) -> str:
 
 def check_csv_path(path: str) -> None:
     """Raise ValueError unless a CSV file can be written at ``path``."""
-    from dfx_keras.durable import check_writable_folder
+    from dfx_keras.workdir import check_writable_folder
 
     if os.path.isdir(path):
         raise ValueError(f"--csv={path} is a folder; give a file name")

@@ -9,10 +9,11 @@ import contextlib
 import os
 from typing import Iterator, Mapping, Sequence
 
-from dfx_keras import backbones, durable, evaluation, reports, training
+from dfx_keras import backbones, evaluation, reports, training
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
+from dfx_keras.workdir import BASELINE, COMPLETE, Workdir
 
 
 def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus: bool = False,
@@ -39,11 +40,8 @@ def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus:
         corpus = corpus.without(pipelines.undecodable(source, training_images), "TensorFlow cannot decode it")
     if write_split:  # the reference's guidance.csv
         os.makedirs(cfg.workdir, exist_ok=True)
-        corpus_lib.write_split_csv(corpus.samples, cfg.path("split.csv"))
+        corpus_lib.write_split_csv(corpus.samples, cfg.wd.split_csv)
     return corpus, source
-
-
-LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
@@ -54,23 +52,8 @@ def owned_workdir(workdir: str, strategy: str = "auto") -> Iterator[None]:
     if not training.is_chief(training.get_strategy(strategy)):
         yield
         return
-    os.makedirs(workdir, exist_ok=True)
-    with durable.exclusive_lock(os.path.join(workdir, LOCK_FILE), f"workdir {workdir}"):
+    with Workdir(workdir).lock():
         yield
-
-
-def recorded_data_flags(workdir: str) -> dict[str, str]:
-    """``data_dir`` / ``data`` as train.py recorded them in ``W/flags.txt``."""
-    path = os.path.join(workdir, "flags.txt")
-    if not os.path.exists(path):
-        return {}
-    found = {}
-    with open(path) as f:
-        for line in f:
-            name, _, value = line.strip().lstrip("-").partition("=")
-            if name in ("data_dir", "data") and value:
-                found[name] = value
-    return found
 
 
 def evaluate(model_paths: Mapping[str, str], protocols: Sequence[str], results_dir: str,
@@ -95,10 +78,10 @@ def evaluate_raw(cfg: training.TrainConfig, corpus, source) -> dict:
     """Raw test of the workdir's complete model, and of its baseline beside it when
     ``models/baseline.keras`` exists, reported in ``results/`` (evaluate.py adds the attacks
     and generalization)."""
-    paths = {"complete": cfg.path("models", "complete.keras")}
-    if os.path.exists(cfg.path("models", "baseline.keras")):
-        paths[evaluation.BASELINE] = cfg.path("models", "baseline.keras")
-    results, _ = evaluate(paths, ["raw"], cfg.path("results"), corpus, source, batch_size=cfg.batch_size,
+    paths = {COMPLETE: cfg.wd.model(COMPLETE)}
+    if os.path.exists(cfg.wd.model(BASELINE)):
+        paths[BASELINE] = cfg.wd.model(BASELINE)
+    results, _ = evaluate(paths, ["raw"], cfg.wd.results(), corpus, source, batch_size=cfg.batch_size,
                           seed=cfg.seed)
     return results
 
@@ -128,10 +111,10 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
         training.train_complete_model(cfg, corpus, source, dist)
     if stage == "baseline" or (stage == "all" and train_baseline):
         training.train_baseline(cfg, corpus, source, dist)
-    outcome = {"workdir": cfg.workdir, "stages": training.stage_summaries(cfg.workdir)}
+    outcome = {"workdir": cfg.workdir, "stages": cfg.wd.stage_summaries()}
     if evaluate and chief and stage in ("all", "complete"):
         outcome["results"] = evaluate_raw(cfg, corpus, source)
-        outcome["results_path"] = cfg.path("results", reports.RESULTS_MD)
+        outcome["results_path"] = cfg.wd.results(reports.RESULTS_MD)
     if stage == "all" and chief:
         from dfx_keras import export
 
@@ -147,7 +130,7 @@ def print_summary(outcome: dict, seconds: float) -> None:
     for name, s in outcome["stages"].items():
         print(f"{name:<10} {s['epochs']:>6} {s['best_epoch']:>5} {s['val_accuracy']:>8.4f} {s['val_loss']:>9.4f} "
               f"{s.get('main_images', ''):>6} {s.get('other_images', ''):>6}  "
-              f"{os.path.join(workdir, 'models', name + '.keras')}")
+              f"{Workdir(workdir).model(name)}")
     if outcome["stages"].get("complete", {}).get("frozen_bn") == "reference":
         print("complete.keras trained with --frozen_bn=reference: its base models' BatchNorm statistics have drifted "
               "and differ from models/bm_*.keras")

@@ -19,7 +19,7 @@ FLAGS = flags.FLAGS
 
 def _check_flags() -> None:
     """One clear line for each mistake a user can make, before TensorFlow builds anything."""
-    from dfx_keras import backbones, durable
+    from dfx_keras import backbones, workdir
 
     backbones.resolve_weights(FLAGS.weights)
     if FLAGS.backbone == "tiny" and FLAGS.weights not in (None, "none"):
@@ -28,16 +28,15 @@ def _check_flags() -> None:
         raise app.UsageError("give the corpus with --data_dir=FOLDER (or --data=tfds:dfx_corpus/CONFIG)")
     if FLAGS.data_dir and not FLAGS.make_demo_corpus and not os.path.isdir(FLAGS.data_dir):
         raise app.UsageError(f"--data_dir not found: {FLAGS.data_dir}")
-    durable.check_writable_folder(FLAGS.workdir, "--workdir")
+    workdir.check_writable_folder(FLAGS.workdir, "--workdir")
 
 
 def write_flags(path: str) -> None:
     """The resolved flags of this run, reusable as a flagfile."""
+    from dfx_keras.workdir import atomic_write
+
     module_flags = FLAGS.get_flags_for_module(dfx_flags.__name__)
-    tmp = f"{path}.{os.getpid()}.tmp"  # the workers of a multi-worker run all write the same file
-    with open(tmp, "w") as f:
-        f.write("\n".join(flag.serialize() for flag in module_flags if flag.value is not None) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "\n".join(flag.serialize() for flag in module_flags if flag.value is not None) + "\n")
 
 
 def config_from_flags():
@@ -70,12 +69,12 @@ def main(argv):
     start = time.time()
     from dfx_keras.backbones import WeightsError
     from dfx_keras.data.corpus import CorpusError
-    from dfx_keras.durable import InUseError
+    from dfx_keras.workdir import InUseError, Workdir
     from dfx_keras.training import SettingsError
 
     try:
         with run.owned_workdir(FLAGS.workdir, FLAGS.strategy):  # before flags.txt: a second run must not rewrite it
-            write_flags(os.path.join(FLAGS.workdir, "flags.txt"))
+            write_flags(Workdir(FLAGS.workdir).flags_txt)
             outcome = run.train(config_from_flags(), data_dir=FLAGS.data_dir, data=FLAGS.data, stage=FLAGS.stage,
                                 main_class=FLAGS.main_class, strategy=FLAGS.strategy,
                                 make_demo_corpus=FLAGS.make_demo_corpus, evaluate=FLAGS.evaluate,

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -25,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dfx_keras import durable, models
+from dfx_keras import models
 from dfx_keras.backbones import BN_MOMENTUM, nested_layers
 from dfx_keras.classes import CLASS_NAMES, class_id
 from dfx_keras.data import attacks
@@ -33,6 +32,7 @@ from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
 from dfx_keras.optimizers import AdamL2
 from dfx_keras.stage_backup import StageBackup
+from dfx_keras.workdir import COMPLETE, BASELINE, Workdir, atomic_write
 
 
 @dataclasses.dataclass
@@ -67,8 +67,9 @@ class TrainConfig:
     verbose: int | str = "auto"
     extra_callbacks: Sequence[keras.callbacks.Callback] = ()
 
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.workdir, *parts)
+    @property
+    def wd(self) -> Workdir:
+        return Workdir(self.workdir)
 
 
 class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -250,8 +251,7 @@ def _stage_files(cfg: TrainConfig, name: str, chief: bool) -> Iterator[tuple[str
     for the same files: they work on a scratch copy of the chief's files, so a resumed run
     starts at the same epoch everywhere, and the copy is deleted when the stage ends.
     """
-    paths = (cfg.path("backup", name), cfg.path("checkpoints", f"{name}.best.weights.h5"),
-             cfg.path("logs", f"{name}.csv"))
+    paths = (cfg.wd.backup(name), cfg.wd.checkpoint(name), cfg.wd.log_csv(name))
     if chief:
         yield paths
         return
@@ -296,8 +296,8 @@ def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, 
     check_batch_size(cfg.batch_size, strategy)
     chief, replicas = is_chief(strategy), strategy.num_replicas_in_sync
     if chief:
-        for sub in ("backup", "logs", "checkpoints"):
-            os.makedirs(cfg.path(sub), exist_ok=True)
+        for path in (cfg.wd.backup(name), cfg.wd.checkpoint(name), cfg.wd.log_csv(name)):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
 
     def new_model() -> keras.Model:
         keras.utils.set_random_seed(cfg.seed)
@@ -308,11 +308,11 @@ def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, 
         with strategy.scope(), dtype_policy(cfg.precision):
             model = backup.restore(new_model)
         if chief and not backup.epochs_done:  # a fresh start: the TensorBoard logs of an earlier run go
-            shutil.rmtree(cfg.path("logs", name), ignore_errors=True)
+            shutil.rmtree(cfg.wd.tensorboard(name), ignore_errors=True)
         # The backup right after the log: a generation exists only once its epoch is logged.
         callbacks = [keras.callbacks.CSVLogger(csv_path, append=True), backup, *cfg.extra_callbacks]
         if chief:
-            callbacks.append(keras.callbacks.TensorBoard(cfg.path("logs", name), write_graph=False))
+            callbacks.append(keras.callbacks.TensorBoard(cfg.wd.tensorboard(name), write_graph=False))
         if cfg.lr_step_epochs:
             callbacks.append(keras.callbacks.LearningRateScheduler(_lr_schedule(cfg)))
         logging.info("training %s for %d epochs on %d replica(s)%s", name, cfg.epochs, replicas,
@@ -337,7 +337,7 @@ def save_model(model: keras.Model, path: str, chief: bool = True) -> None:
             model.save(os.path.join(scratch, os.path.basename(path)))
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    durable.atomic_write(path, model.save)
+    atomic_write(path, model.save)
 
 
 def save_stage_model(model: keras.Model, path: str, strategy: tf.distribute.Strategy) -> None:
@@ -356,9 +356,7 @@ def _record(cfg: TrainConfig, name: str, summary: dict, chief: bool = True) -> d
     """Keep a stage's summary in logs/stages.json (read by the closing table); chief only."""
     if not chief:
         return summary
-    stages = stage_summaries(cfg.workdir)
-    stages[name] = summary
-    durable.atomic_write(cfg.path("logs", "stages.json"), json.dumps(stages, indent=2))
+    cfg.wd.record_stage(name, summary)
     return summary
 
 
@@ -369,16 +367,8 @@ def finish_stage(cfg: TrainConfig, name: str, model: keras.Model, model_path: st
     summary = _record(cfg, name, summary, is_chief(strategy))
     save_stage_model(model, model_path, strategy)
     if is_chief(strategy):
-        shutil.rmtree(cfg.path("backup", name), ignore_errors=True)
+        shutil.rmtree(cfg.wd.backup(name), ignore_errors=True)
     return summary
-
-
-def stage_summaries(workdir: str) -> dict:
-    path = os.path.join(workdir, "logs", "stages.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 def _skip(cfg: TrainConfig, model_path: str) -> bool:
@@ -446,7 +436,7 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
                      strategy: tf.distribute.Strategy) -> dict | None:
     """One base model, trained on its deliberately unbalanced set (see ``base_model_data``)."""
     name = models.base_model_name(main_class)
-    model_path = cfg.path("models", f"{name}.keras")
+    model_path = cfg.wd.model(name)
     if _skip(cfg, model_path):
         return None
     train_ds, val_ds, train, val = base_model_data(cfg, corpus, source, main_class, worker_share(strategy))
@@ -482,13 +472,9 @@ def complete_pool_datasets(cfg: TrainConfig, source, train: Sequence[corpus_lib.
     return train_ds, val_ds
 
 
-def load_base_models(workdir: str) -> list[keras.Model]:
-    """The three trained base models, in the order DM, GAN, REAL."""
-    paths = [os.path.join(workdir, "models", f"{models.base_model_name(c)}.keras") for c in CLASS_NAMES]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise FileNotFoundError(f"train the base models first; missing: {', '.join(missing)}")
-    return [models.load_model(p) for p in paths]
+def load_base_models(wd: Workdir) -> list[keras.Model]:
+    """The workdir's three trained base models, in the order DM, GAN, REAL."""
+    return [models.load_model(p) for p in wd.base_model_paths()]
 
 
 def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
@@ -502,14 +488,14 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
     training mode (``models.set_frozen_batchnorm``), as the reference did: complete.keras then
     holds running statistics that have drifted from those of ``models/bm_*.keras``.
     """
-    model_path = cfg.path("models", "complete.keras")
+    model_path = cfg.wd.model(COMPLETE)
     if _skip(cfg, model_path):
         return None
     seed_stage(cfg)
     train, val, weights = complete_split(corpus, cfg.val_fraction)
     extract_with = feature_strategy(strategy)
     with extract_with.scope():  # shapes, and the cache's extractor
-        bases = load_base_models(cfg.workdir)
+        bases = load_base_models(cfg.wd)
         frozen = models.build_complete_model(*bases)
     image_size, feature_dim = frozen.input_shape[1], frozen.get_layer("stacked_features").output.shape[1]
     logging.info("complete model: %d train / %d val images, class weights %s", len(train), len(val),
@@ -521,7 +507,7 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         logging.warning("--frozen_bn=reference: the base models' BatchNorm statistics change while the head trains; "
                         "the complete model trains end to end and the feature cache is bypassed")
     if cfg.feature_cache and not cfg.augment and cfg.frozen_bn == "inference":
-        cache = FeatureCache(cfg.workdir, frozen, source, image_size, cfg.batch_size, strategy=extract_with,
+        cache = FeatureCache(cfg.wd.features, frozen, source, image_size, cfg.batch_size, strategy=extract_with,
                              write=is_chief(strategy))
         train_ds = cache.dataset(train, cfg.batch_size, weights=[weights[s.label] for s in train],
                                  shuffle_seed=cfg.seed, share=worker_share(strategy))
@@ -530,14 +516,14 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
                             len(train))
         with strategy.scope():
             if extract_with is not strategy:  # a multi-worker run extracted under the default strategy
-                bases = load_base_models(cfg.workdir)
+                bases = load_base_models(cfg.wd)
             complete = models.build_complete_model(*bases, head=models.uncompiled_copy(head))
     else:
         train_ds, val_ds = complete_pool_datasets(cfg, source, train, val, weights, image_size, strategy)
 
         def build_end_to_end():
             head = models.build_head(feature_dim)  # first, to draw the same initial weights as with the cache
-            return models.build_complete_model(*load_base_models(cfg.workdir), head=head, frozen_bn=cfg.frozen_bn)
+            return models.build_complete_model(*load_base_models(cfg.wd), head=head, frozen_bn=cfg.frozen_bn)
 
         complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy, len(train))
         models.set_frozen_batchnorm(complete, "inference")  # saved plainly frozen, whatever it trained with
@@ -549,7 +535,7 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
 
 def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy: tf.distribute.Strategy) -> dict | None:
     """The paper's comparison: one backbone as a 3-class classifier on pool 1, weighted loss."""
-    model_path = cfg.path("models", "baseline.keras")
+    model_path = cfg.wd.model(BASELINE)
     if _skip(cfg, model_path):
         return None
     seed_stage(cfg)
@@ -584,9 +570,9 @@ class FeatureCache:
     them in memory only.
     """
 
-    def __init__(self, workdir: str, complete: keras.Model, source, image_size: int, batch_size: int,
+    def __init__(self, folder: str, complete: keras.Model, source, image_size: int, batch_size: int,
                  strategy: tf.distribute.Strategy | None = None, write: bool = True):
-        self.folder = os.path.join(workdir, "features")
+        self.folder = folder
         self.source, self.image_size, self.batch_size, self.write = source, image_size, batch_size, write
         self.strategy = strategy or tf.distribute.get_strategy()
         self.stacker = keras.Model(complete.input, complete.get_layer("stacked_features").output)
@@ -607,9 +593,7 @@ class FeatureCache:
         if not self.write:
             return features, paths
         os.makedirs(self.folder, exist_ok=True)
-        tmp = path[: -len(".npz")] + ".tmp.npz"
-        np.savez(tmp, features=features, paths=np.array([p.encode() for p in paths]))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.savez(tmp, features=features, paths=np.array([p.encode() for p in paths])))
         return features, paths
 
     def _extract(self, samples: Sequence[corpus_lib.Sample]) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ PER_FOLDER = 32
 
 
 def _curve(cfg, name):
-    with open(cfg.path("logs", f"{name}.csv"), newline="") as f:
+    with open(cfg.wd.path("logs", f"{name}.csv"), newline="") as f:
         return np.array([[float(r["loss"]), float(r["val_loss"])] for r in csv.DictReader(f)])
 
 
@@ -54,8 +54,8 @@ def test_two_replicas_follow_the_one_device_loss_curve(tmp_path, corpus32):
         dist = training.get_strategy(strategy)
         training.train_base_model(cfg, corpus, source, "real", dist)
         base_curve = _curve(cfg, "bm_real")
-        shutil.rmtree(cfg.path("models"))
-        shutil.copytree(bases.path("models"), cfg.path("models"))  # the same frozen base models for both
+        shutil.rmtree(cfg.wd.path("models"))
+        shutil.copytree(bases.wd.path("models"), cfg.wd.path("models"))  # the same frozen base models for both
         training.train_complete_model(cfg, corpus, source, dist)
         curves[dist.num_replicas_in_sync] = base_curve, _curve(cfg, "complete")
     for one, two in zip(curves[1], curves[2]):
@@ -184,8 +184,8 @@ def test_mixed_precision_trains_with_float32_logits_and_loss(tmp_path, corpus32,
     assert keras.mixed_precision.global_policy().name == "float32"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        keras.models.load_model(cfg.path("models", "bm_dm.keras"))  # compiled, as Keras does by default
-        complete = models.load_model(cfg.path("models", "complete.keras"))
+        keras.models.load_model(cfg.wd.path("models", "bm_dm.keras"))  # compiled, as Keras does by default
+        complete = models.load_model(cfg.wd.path("models", "complete.keras"))
     skipped = [str(w.message) for w in caught if "Skipping variable loading for optimizer" in str(w.message)]
     assert len(skipped) == (precision == "mixed_float16")  # Keras' surprise; models.load_model avoids it
     conv = models.head_of(complete).get_layer("conv1")
@@ -195,8 +195,8 @@ def test_mixed_precision_trains_with_float32_logits_and_loss(tmp_path, corpus32,
     logits = complete(images)
     assert logits.dtype == tf.float32
     assert keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits).dtype == tf.float32
-    features = [f for f in os.listdir(cfg.path("features")) if f.endswith(".npz")]
-    assert features and all(np.load(cfg.path("features", f))["features"].dtype == np.float32 for f in features)
+    features = [f for f in os.listdir(cfg.wd.path("features")) if f.endswith(".npz")]
+    assert features and all(np.load(cfg.wd.path("features", f))["features"].dtype == np.float32 for f in features)
 
 
 @pytest.mark.slow

@@ -225,9 +225,9 @@ def test_augmentation_attacks_training_images_bypasses_the_feature_cache_and_tra
         0.9 * float(tf.reduce_mean(tf.image.total_variation(clean_images)))
     _base_models(cfg.workdir)
     summary = training.train_complete_model(cfg, corpus, source, tf.distribute.get_strategy())
-    assert summary["epochs"] == 1 and not os.path.exists(cfg.path("features"))  # trained end to end
+    assert summary["epochs"] == 1 and not os.path.exists(cfg.wd.path("features"))  # trained end to end
     assert training.train_baseline(cfg, corpus, source, tf.distribute.get_strategy())["epochs"] == 1
-    assert evaluation.load_classifier(cfg.path("models", "baseline.keras")).image_size == SIZE
+    assert evaluation.load_classifier(cfg.wd.path("models", "baseline.keras")).image_size == SIZE
 
 
 def test_augment_flag_rejects_unknown_kinds():

@@ -22,6 +22,7 @@ from PIL import Image
 from conftest import png_declaring, random_image
 import dfx_keras
 from dfx_keras import export
+from dfx_keras.workdir import export_versions
 from dfx_keras.data import pipelines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +104,7 @@ def test_next_version_refusal_of_existing_version_and_cleanup(complete, exported
     with pytest.raises(RuntimeError, match="disk full"):
         export.export_saved_model(complete, export_root)
     assert sorted(os.listdir(os.path.join(export_root, "dfx"))) == ["1"]  # no half export, no temp folder
-    assert export.versions(os.path.join(export_root, "dfx")) == [1]
+    assert export_versions(os.path.join(export_root, "dfx")) == [1]
 
 
 def test_signatures_as_documented(loaded):

@@ -22,14 +22,14 @@ def trained_bases(tmp_path_factory):
     cfg = training.TrainConfig(workdir=str(tmp_path_factory.mktemp("bases")), epochs=1, **TINY)
     for name in ("dm_generated", "gan_generated", "real"):
         training.train_base_model(cfg, corpus, source, name, training.get_strategy())
-    return corpus, source, cfg.path("models")
+    return corpus, source, cfg.wd.path("models")
 
 
 def _complete(tmp_path, trained_bases, name, **overrides):
     corpus, source, base_models = trained_bases
     cfg = training.TrainConfig(workdir=str(tmp_path / name), **{"epochs": 2, **TINY, **overrides})
-    if not os.path.isdir(cfg.path("models")):
-        shutil.copytree(base_models, cfg.path("models"))
+    if not os.path.isdir(cfg.wd.path("models")):
+        shutil.copytree(base_models, cfg.wd.path("models"))
     training.train_complete_model(cfg, corpus, source, training.get_strategy())
     return cfg
 
@@ -41,7 +41,7 @@ def test_cached_features_and_end_to_end_training_give_the_same_head(tmp_path, tr
     cached = _complete(tmp_path, trained_bases, "cached")
     end_to_end = _complete(tmp_path, trained_bases, "end_to_end", feature_cache=False)
     assert os.listdir(cached.path("features")) and not os.path.exists(end_to_end.path("features"))
-    heads = [models.head_of(models.load_model(cfg.path("models", "complete.keras"))) for cfg in (cached, end_to_end)]
+    heads = [models.head_of(models.load_model(cfg.wd.path("models", "complete.keras"))) for cfg in (cached, end_to_end)]
     for a, b in zip(*(head.weights for head in heads)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)  # bit-identical here
 
@@ -49,16 +49,16 @@ def test_cached_features_and_end_to_end_training_give_the_same_head(tmp_path, tr
 @pytest.mark.slow
 def test_features_are_computed_once_and_a_retrained_base_model_is_not_served_stale_ones(tmp_path, trained_bases):
     cfg = _complete(tmp_path, trained_bases, "work", epochs=1)
-    files = {f: os.path.getmtime(cfg.path("features", f)) for f in os.listdir(cfg.path("features"))}
+    files = {f: os.path.getmtime(cfg.wd.path("features", f)) for f in os.listdir(cfg.wd.path("features"))}
     assert len(files) == 2  # training and validation images
     _complete(tmp_path, trained_bases, "work", epochs=1, overwrite=True)
-    assert {f: os.path.getmtime(cfg.path("features", f)) for f in os.listdir(cfg.path("features"))} == files
-    bm_dm = models.load_model(cfg.path("models", "bm_dm.keras"))
+    assert {f: os.path.getmtime(cfg.wd.path("features", f)) for f in os.listdir(cfg.wd.path("features"))} == files
+    bm_dm = models.load_model(cfg.wd.path("models", "bm_dm.keras"))
     first_conv = bm_dm.get_layer("tiny").layers[1]
     first_conv.kernel.assign(first_conv.kernel * 1.01)  # as if retrained: other features
-    training.save_model(bm_dm, cfg.path("models", "bm_dm.keras"))
+    training.save_model(bm_dm, cfg.wd.path("models", "bm_dm.keras"))
     _complete(tmp_path, trained_bases, "work", epochs=1, overwrite=True)
-    assert len(os.listdir(cfg.path("features"))) == 4
+    assert len(os.listdir(cfg.wd.path("features"))) == 4
 
 
 @pytest.mark.slow
@@ -85,9 +85,9 @@ def test_reference_frozen_bn_moves_the_base_models_statistics_not_their_weights(
     frozen base models' BatchNorm in training mode; complete.keras then holds running statistics
     that differ from models/bm_*.keras, and every other base-model weight equal to theirs."""
     cfg = _complete(tmp_path, trained_bases, "reference", epochs=1, frozen_bn="reference")
-    assert not os.path.exists(cfg.path("features"))
-    complete = models.load_model(cfg.path("models", "complete.keras"))
-    bases = training.load_base_models(cfg.workdir)
+    assert not os.path.exists(cfg.wd.path("features"))
+    complete = models.load_model(cfg.wd.path("models", "complete.keras"))
+    bases = training.load_base_models(cfg.wd)
     moved = kept = 0
     for extractor, base in zip(models.base_feature_extractors(complete), bases):
         assert extractor.name == f"{base.name}_features"
@@ -98,6 +98,6 @@ def test_reference_frozen_bn_moves_the_base_models_statistics_not_their_weights(
                 np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
                 kept += 1
     assert moved == 3 * 3 * 2 and kept > 0  # 3 base models x 3 BatchNorm layers x (mean, variance)
-    assert training.stage_summaries(cfg.workdir)["complete"]["frozen_bn"] == "reference"
+    assert cfg.wd.stage_summaries()["complete"]["frozen_bn"] == "reference"
     corpus, source, _ = trained_bases
     assert run.evaluate_raw(cfg, corpus, source)["raw"]["three_class"]["n"] > 0

@@ -146,7 +146,7 @@ def test_base_and_complete_stages_under_mirrored_strategy_on_two_cpus(tmp_path):
     for name in ("dm_generated", "gan_generated", "real"):
         assert training.train_base_model(cfg, corpus, source, name, strategy)["epochs"] == 1
     summary = training.train_complete_model(cfg, corpus, source, strategy)
-    assert summary["epochs"] == 1 and os.path.isfile(cfg.path("models", "complete.keras"))
+    assert summary["epochs"] == 1 and os.path.isfile(cfg.wd.path("models", "complete.keras"))
     results = run.evaluate_raw(cfg, corpus, source)
     assert results["raw"]["three_class"]["n"] > 0
     assert not tf.distribute.has_strategy()

@@ -24,6 +24,7 @@ from absl import logging
 from PIL import Image
 
 from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES
+from dfx_keras.workdir import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 POOL_SHARES = (0.4, 0.4, 0.2)  # base models, complete model, test
@@ -213,13 +214,13 @@ def scan_corpus(root: str, check: bool = True, workers: int | None = None,
 
 def write_split_csv(samples: Iterable[Sample], path: str) -> None:
     """Write the pool assignment as the reference's guidance.csv (label=pool, image_path, model)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(SPLIT_COLUMNS)
-        for s in samples:
-            writer.writerow([s.pool, s.path, s.architecture])
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(SPLIT_COLUMNS)
+            writer.writerows([s.pool, s.path, s.architecture] for s in samples)
+
+    atomic_write(path, write)
 
 
 def read_split_csv(path: str) -> dict[str, int]:
