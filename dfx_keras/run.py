@@ -9,14 +9,15 @@ import contextlib
 import os
 from typing import Iterator, Mapping, Sequence
 
-from dfx_keras import backbones, evaluation, reports, training
+from dfx_keras import backbones, config, evaluation, reports
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
+from dfx_keras.training import distribute, stages
 from dfx_keras.workdir import BASELINE, COMPLETE, Workdir
 
 
-def open_data(cfg: training.TrainConfig, data_dir: str | None, make_demo_corpus: bool = False,
+def open_data(cfg: config.TrainConfig, data_dir: str | None, make_demo_corpus: bool = False,
               write_split: bool = True, data: str | None = None):
     """The scanned corpus (split.csv written unless ``write_split=False``) and the source that
     reads its images: the corpus folder, or a prepared tfds dataset when ``data`` is
@@ -49,7 +50,7 @@ def owned_workdir(workdir: str, strategy: str = "auto") -> Iterator[None]:
     """Own ``workdir`` while training: a second run on it stops at once, naming the owner,
     instead of both writing the same backups. Only the chief locks it (the workers of a
     multi-worker run share it), after creating the strategy, as ``train`` does."""
-    if not training.is_chief(training.get_strategy(strategy)):
+    if not distribute.is_chief(distribute.get_strategy(strategy)):
         yield
         return
     with Workdir(workdir).lock():
@@ -74,7 +75,7 @@ def evaluate(model_paths: Mapping[str, str], protocols: Sequence[str], results_d
     return results, reports.write_reports(results_dir, results, passes)
 
 
-def evaluate_raw(cfg: training.TrainConfig, corpus, source) -> dict:
+def evaluate_raw(cfg: config.TrainConfig, corpus, source) -> dict:
     """Raw test of the workdir's complete model, and of its baseline beside it when
     ``models/baseline.keras`` exists, reported in ``results/`` (evaluate.py adds the attacks
     and generalization)."""
@@ -86,7 +87,7 @@ def evaluate_raw(cfg: training.TrainConfig, corpus, source) -> dict:
     return results
 
 
-def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = None, stage: str = "all",
+def train(cfg: config.TrainConfig, data_dir: str | None, data: str | None = None, stage: str = "all",
           main_class: str | None = None, strategy: str = "auto", make_demo_corpus: bool = False,
           evaluate: bool = True, train_baseline: bool = False) -> dict:
     """Run ``stage`` (all, base, complete, baseline); returns what the summary prints.
@@ -95,9 +96,9 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
     Under ``strategy="multi_worker"`` every worker runs this same call; only the chief writes
     split.csv, results and exports (``training`` keeps the stages' files chief-only too).
     """
-    dist = training.get_strategy(strategy)  # first: a multi-worker strategy must exist before TensorFlow starts
-    training.check_batch_size(cfg.batch_size, dist)
-    chief = training.is_chief(dist)
+    dist = distribute.get_strategy(strategy)  # first: a multi-worker strategy must exist before TensorFlow starts
+    distribute.check_batch_size(cfg.batch_size, dist)
+    chief = distribute.is_chief(dist)
     if stage in ("all", "base", "baseline"):  # a failed download or a bad file, before the corpus is scanned
         backbones.check_weights(cfg.backbone, cfg.image_size, cfg.weights)
     corpus, source = open_data(cfg, data_dir, make_demo_corpus, write_split=chief, data=data)
@@ -106,11 +107,11 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
           f"{dist.num_replicas_in_sync} replica(s), workdir {cfg.workdir}")
     if stage in ("all", "base"):
         for name in ([main_class] if main_class else CLASS_NAMES):
-            training.train_base_model(cfg, corpus, source, name, dist)
+            stages.train_base_model(cfg, corpus, source, name, dist)
     if stage in ("all", "complete"):
-        training.train_complete_model(cfg, corpus, source, dist)
+        stages.train_complete_model(cfg, corpus, source, dist)
     if stage == "baseline" or (stage == "all" and train_baseline):
-        training.train_baseline(cfg, corpus, source, dist)
+        stages.train_baseline(cfg, corpus, source, dist)
     outcome = {"workdir": cfg.workdir, "stages": cfg.wd.stage_summaries()}
     if evaluate and chief and stage in ("all", "complete"):
         outcome["results"] = evaluate_raw(cfg, corpus, source)

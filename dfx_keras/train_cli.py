@@ -40,7 +40,7 @@ def write_flags(path: str) -> None:
 
 
 def config_from_flags():
-    from dfx_keras.training import TrainConfig
+    from dfx_keras.config import TrainConfig
 
     return TrainConfig(
         workdir=FLAGS.workdir, backbone=FLAGS.backbone, weights=FLAGS.weights, image_size=FLAGS.image_size,
@@ -70,7 +70,7 @@ def main(argv):
     from dfx_keras.backbones import WeightsError
     from dfx_keras.data.corpus import CorpusError
     from dfx_keras.workdir import InUseError, Workdir
-    from dfx_keras.training import SettingsError
+    from dfx_keras.training.distribute import SettingsError
 
     try:
         with run.owned_workdir(FLAGS.workdir, FLAGS.strategy):  # before flags.txt: a second run must not rewrite it

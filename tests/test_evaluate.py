@@ -12,12 +12,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_corpus, write_image
 from PIL import Image
 
-from conftest import make_corpus, write_image
-from dfx_keras import evaluation, models, reports, training
+from dfx_keras import config, evaluation, models, reports
 from dfx_keras.classes import REAL
-from dfx_keras.data import attacks, corpus as corpus_lib, pipelines
+from dfx_keras.data import attacks, pipelines
+from dfx_keras.data import corpus as corpus_lib
+from dfx_keras.training import fit, stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -34,7 +36,7 @@ def _base_models(workdir):
     base = [models.build_base_model("tiny", SIZE, None, name=models.base_model_name(c))
             for c in ("dm_generated", "gan_generated", "real")]
     for m in base:
-        training.save_model(m, os.path.join(workdir, "models", f"{m.name}.keras"))
+        fit.save_model(m, os.path.join(workdir, "models", f"{m.name}.keras"))
     return base
 
 
@@ -45,8 +47,8 @@ def workdir(tmp_path_factory):
     data = make_corpus(root / "corpus", per_folder=6)
     work = str(root / "work")
     complete = models.build_complete_model(*_base_models(work))
-    training.save_model(complete, os.path.join(work, "models", "complete.keras"))
-    training.save_model(models.build_baseline_model("tiny", SIZE, None), os.path.join(work, "models", "baseline.keras"))
+    fit.save_model(complete, os.path.join(work, "models", "complete.keras"))
+    fit.save_model(models.build_baseline_model("tiny", SIZE, None), os.path.join(work, "models", "baseline.keras"))
     with open(os.path.join(work, "flags.txt"), "w") as f:
         f.write(f"--data_dir={data}\n--backbone=tiny\n")
     return work, data
@@ -212,21 +214,21 @@ def test_model_that_is_not_three_class_is_refused(workdir):
 def test_augmentation_attacks_training_images_bypasses_the_feature_cache_and_trains_the_baseline(tmp_path):
     data = make_corpus(tmp_path / "corpus", per_folder=12)
     corpus = corpus_lib.scan_corpus(data)
-    cfg = training.TrainConfig(workdir=str(tmp_path / "w"), backbone="tiny", weights=None, image_size=SIZE,
+    cfg = config.TrainConfig(workdir=str(tmp_path / "w"), backbone="tiny", weights=None, image_size=SIZE,
                                batch_size=8, epochs=1, verbose=0, augment=("blur",), augment_p=1.0,
                                cache_images=True)
     source = pipelines.FolderSource(data)
     samples = corpus.samples[:8]
     clean = pipelines.image_dataset(source, samples, SIZE, 8, with_paths=True)
-    attacked = training.training_dataset(cfg, source, samples, SIZE, [0] * 8)
+    attacked = stages.training_dataset(cfg, source, samples, SIZE, [0] * 8)
     (clean_images, _), (attacked_images, _) = next(iter(clean)), next(iter(attacked))
     # Every image blurred (p=1); the batches hold the same images in another order.
     assert float(tf.reduce_mean(tf.image.total_variation(attacked_images))) < \
         0.9 * float(tf.reduce_mean(tf.image.total_variation(clean_images)))
     _base_models(cfg.workdir)
-    summary = training.train_complete_model(cfg, corpus, source, tf.distribute.get_strategy())
+    summary = stages.train_complete_model(cfg, corpus, source, tf.distribute.get_strategy())
     assert summary["epochs"] == 1 and not os.path.exists(cfg.wd.path("features"))  # trained end to end
-    assert training.train_baseline(cfg, corpus, source, tf.distribute.get_strategy())["epochs"] == 1
+    assert stages.train_baseline(cfg, corpus, source, tf.distribute.get_strategy())["epochs"] == 1
     assert evaluation.load_classifier(cfg.wd.path("models", "baseline.keras")).image_size == SIZE
 
 

@@ -21,9 +21,9 @@ import time
 import keras
 import pytest
 import tensorflow as tf
-
 from conftest import make_corpus
-from dfx_keras import export, run, training
+
+from dfx_keras import config, export, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone=tiny", "--weights=none", "--image_size=32", "--batch_size=8", "--stage=base",
@@ -94,7 +94,7 @@ def _epochs(csv_path):
 
 def _config(work, epochs, **kwargs):
     """The TrainConfig that ``TINY`` and ``--epochs`` make train.py build."""
-    return training.TrainConfig(workdir=work, backbone="tiny", weights=None, image_size=32, batch_size=8,
+    return config.TrainConfig(workdir=work, backbone="tiny", weights=None, image_size=32, batch_size=8,
                                 epochs=epochs, **kwargs)
 
 

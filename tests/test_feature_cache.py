@@ -5,11 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import make_corpus
-from dfx_keras import models, run, training
+
+from dfx_keras import config, models, run
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
+from dfx_keras.training import distribute, feature_cache, fit, stages
+from dfx_keras.workdir import Workdir
 
 TINY = dict(backbone="tiny", weights=None, image_size=32, batch_size=12, verbose=0)
 
@@ -19,18 +21,18 @@ def trained_bases(tmp_path_factory):
     """A corpus and three tiny base models trained on it (one epoch)."""
     root = make_corpus(tmp_path_factory.mktemp("corpus"), per_folder=24)
     corpus, source = corpus_lib.scan_corpus(root), pipelines.FolderSource(root)
-    cfg = training.TrainConfig(workdir=str(tmp_path_factory.mktemp("bases")), epochs=1, **TINY)
+    cfg = config.TrainConfig(workdir=str(tmp_path_factory.mktemp("bases")), epochs=1, **TINY)
     for name in ("dm_generated", "gan_generated", "real"):
-        training.train_base_model(cfg, corpus, source, name, training.get_strategy())
+        stages.train_base_model(cfg, corpus, source, name, distribute.get_strategy())
     return corpus, source, cfg.wd.path("models")
 
 
 def _complete(tmp_path, trained_bases, name, **overrides):
     corpus, source, base_models = trained_bases
-    cfg = training.TrainConfig(workdir=str(tmp_path / name), **{"epochs": 2, **TINY, **overrides})
+    cfg = config.TrainConfig(workdir=str(tmp_path / name), **{"epochs": 2, **TINY, **overrides})
     if not os.path.isdir(cfg.wd.path("models")):
         shutil.copytree(base_models, cfg.wd.path("models"))
-    training.train_complete_model(cfg, corpus, source, training.get_strategy())
+    stages.train_complete_model(cfg, corpus, source, distribute.get_strategy())
     return cfg
 
 
@@ -40,7 +42,7 @@ def test_cached_features_and_end_to_end_training_give_the_same_head(tmp_path, tr
     and two epochs through the frozen base models end with the same head, to float rounding."""
     cached = _complete(tmp_path, trained_bases, "cached")
     end_to_end = _complete(tmp_path, trained_bases, "end_to_end", feature_cache=False)
-    assert os.listdir(cached.path("features")) and not os.path.exists(end_to_end.path("features"))
+    assert os.listdir(cached.wd.features) and not os.path.exists(end_to_end.wd.features)
     heads = [models.head_of(models.load_model(cfg.wd.path("models", "complete.keras"))) for cfg in (cached, end_to_end)]
     for a, b in zip(*(head.weights for head in heads)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)  # bit-identical here
@@ -56,7 +58,7 @@ def test_features_are_computed_once_and_a_retrained_base_model_is_not_served_sta
     bm_dm = models.load_model(cfg.wd.path("models", "bm_dm.keras"))
     first_conv = bm_dm.get_layer("tiny").layers[1]
     first_conv.kernel.assign(first_conv.kernel * 1.01)  # as if retrained: other features
-    training.save_model(bm_dm, cfg.wd.path("models", "bm_dm.keras"))
+    fit.save_model(bm_dm, cfg.wd.path("models", "bm_dm.keras"))
     _complete(tmp_path, trained_bases, "work", epochs=1, overwrite=True)
     assert len(os.listdir(cfg.wd.path("features"))) == 4
 
@@ -69,10 +71,10 @@ def test_the_feature_pass_splits_batches_across_replicas_and_loses_no_image(tmp_
     corpus, source, base_models = trained_bases
     samples = corpus.samples[:11]
     passes = []
-    for strategy in (training.get_strategy(), training.get_strategy("mirrored")):
+    for strategy in (distribute.get_strategy(), distribute.get_strategy("mirrored")):
         with strategy.scope():
-            frozen = models.build_complete_model(*training.load_base_models(os.path.dirname(base_models)))
-        cache = training.FeatureCache(str(tmp_path), frozen, source, 32, 4, strategy=strategy, write=False)
+            frozen = models.build_complete_model(*stages.load_base_models(Workdir(os.path.dirname(base_models))))
+        cache = feature_cache.FeatureCache(str(tmp_path), frozen, source, 32, 4, strategy=strategy, write=False)
         passes.append(cache.features(samples))
     (one, one_paths), (two, two_paths) = passes
     assert one.shape == (11, *one.shape[1:]) and one_paths == two_paths == [s.path for s in samples]
@@ -87,7 +89,7 @@ def test_reference_frozen_bn_moves_the_base_models_statistics_not_their_weights(
     cfg = _complete(tmp_path, trained_bases, "reference", epochs=1, frozen_bn="reference")
     assert not os.path.exists(cfg.wd.path("features"))
     complete = models.load_model(cfg.wd.path("models", "complete.keras"))
-    bases = training.load_base_models(cfg.wd)
+    bases = stages.load_base_models(cfg.wd)
     moved = kept = 0
     for extractor, base in zip(models.base_feature_extractors(complete), bases):
         assert extractor.name == f"{base.name}_features"

@@ -5,11 +5,12 @@ from collections import Counter
 
 import numpy as np
 import tensorflow as tf
-
 from conftest import make_corpus
+
+from dfx_keras.config import TrainConfig
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
-from dfx_keras.training import TrainConfig, base_model_data
+from dfx_keras.training.stages import base_model_data
 
 
 def _labels(ds, count=None):
@@ -122,6 +123,7 @@ def test_an_image_the_decoder_refuses_is_named_and_counted_before_training(tmp_p
     """A PNG with right chunk checksums and corrupt data passes the scan (it checks CRCs only);
     inside a training stream it used to be dropped without a word."""
     from conftest import png_declaring
+
     from dfx_keras import run
 
     data = make_corpus(tmp_path / "c", per_folder=4)
@@ -155,6 +157,7 @@ def test_a_decode_needed_only_by_a_control_dependency_never_runs():
 def test_evaluation_drops_an_undecodable_image_before_a_model_that_decodes_itself(tmp_path):
     """One bad image would fail the SavedModel's whole batch: it must be dropped, and named, first."""
     from conftest import png_declaring
+
     from dfx_keras import evaluation
 
     data = make_corpus(tmp_path / "c", per_folder=2)

@@ -11,12 +11,13 @@ from collections import Counter
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import make_corpus
-from dfx_keras import run, training
+
+from dfx_keras import config, run
 from dfx_keras.classes import class_id
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
+from dfx_keras.training import distribute, stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone=tiny", "--weights=none", "--image_size=32", "--batch_size=8"]
@@ -88,9 +89,9 @@ def test_others_min_images_reaches_the_base_model_sets(tmp_path):
     corpus, source = corpus_lib.scan_corpus(data), pipelines.FolderSource(data)
 
     def other_folders(**overrides):
-        cfg = training.TrainConfig(workdir=str(tmp_path / "w"), backbone="tiny", weights=None, image_size=32,
+        cfg = config.TrainConfig(workdir=str(tmp_path / "w"), backbone="tiny", weights=None, image_size=32,
                                    batch_size=8, **overrides)
-        _, _, train, val = training.base_model_data(cfg, corpus, source, "real")
+        _, _, train, val = stages.base_model_data(cfg, corpus, source, "real")
         return Counter((s.label, s.architecture) for s in train + val if s.label != class_id("real"))
 
     pool0 = Counter((s.label, s.architecture) for s in corpus.pool(corpus_lib.BASE_POOL) if s.label != class_id("real"))
@@ -103,7 +104,8 @@ KILLED_RUN = textwrap.dedent("""
     import os, signal, sys, keras
     sys.path.insert(0, {tests!r})
     import conftest  # two logical CPUs, quiet TensorFlow
-    from dfx_keras import training
+    from dfx_keras import config
+    from dfx_keras.training import distribute, stages
     from dfx_keras.data import corpus as corpus_lib, pipelines
 
     class Kill(keras.callbacks.Callback):
@@ -111,10 +113,10 @@ KILLED_RUN = textwrap.dedent("""
             if epoch == {kill_after}:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    cfg = training.TrainConfig(workdir={work!r}, backbone="tiny", weights=None, image_size=32, batch_size=8,
+    cfg = config.TrainConfig(workdir={work!r}, backbone="tiny", weights=None, image_size=32, batch_size=8,
                                epochs=4, verbose=0, extra_callbacks=[Kill()] if {kill} else [])
     corpus = corpus_lib.scan_corpus({data!r})
-    training.train_base_model(cfg, corpus, pipelines.FolderSource({data!r}), "real", training.get_strategy())
+    stages.train_base_model(cfg, corpus, pipelines.FolderSource({data!r}), "real", distribute.get_strategy())
 """)
 
 
@@ -136,16 +138,16 @@ def test_killed_training_resumes_at_the_next_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_base_and_complete_stages_under_mirrored_strategy_on_two_cpus(tmp_path):
-    strategy = training.get_strategy("mirrored")
+    strategy = distribute.get_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     data = make_corpus(tmp_path / "corpus", per_folder=16)
-    cfg = training.TrainConfig(workdir=str(tmp_path / "w"), backbone="tiny", weights=None, image_size=32,
+    cfg = config.TrainConfig(workdir=str(tmp_path / "w"), backbone="tiny", weights=None, image_size=32,
                                batch_size=8, epochs=1, verbose=0)
     corpus = corpus_lib.scan_corpus(data)
     source = pipelines.FolderSource(data)
     for name in ("dm_generated", "gan_generated", "real"):
-        assert training.train_base_model(cfg, corpus, source, name, strategy)["epochs"] == 1
-    summary = training.train_complete_model(cfg, corpus, source, strategy)
+        assert stages.train_base_model(cfg, corpus, source, name, strategy)["epochs"] == 1
+    summary = stages.train_complete_model(cfg, corpus, source, strategy)
     assert summary["epochs"] == 1 and os.path.isfile(cfg.wd.path("models", "complete.keras"))
     results = run.evaluate_raw(cfg, corpus, source)
     assert results["raw"]["three_class"]["n"] > 0
