@@ -43,6 +43,17 @@ DEFAULT_MAX_PIXELS = 100_000_000
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
 
 
+# The paper's corpus (DESIGN.md 1.1): class folder -> architecture folder -> images. The tfds
+# builder's architecture labels and the benchmarks' synthetic corpus are derived from it.
+PAPER_CORPUS = {
+    "dm_generated": {"DALL-E 2": 3421, "DALL-E MINI": 1000, "Glide": 2000, "Latent Diffusion": 4000,
+                     "Stable Diffusion": 5000},
+    "gan_generated": {"AttGAN": 6005, "BigGAN": 2600, "CycleGAN": 1047, "GauGAN": 4000, "GDWCT": 3367,
+                      "ProGAN": 1000, "StarGAN": 6848, "StyleGAN": 4705, "StyleGAN2": 7000, "StyleGAN3": 1000},
+    "real": {"CelebA": 5135, "FFHQ": 4981, "Others": 9225},
+}
+
+
 class CorpusError(ValueError):
     """The corpus folder does not have the expected layout."""
 
