@@ -45,7 +45,7 @@ from dfx_keras import (
 from dfx_keras.classes import CLASS_NAMES  # noqa: E402
 from dfx_keras.data import corpus as corpus_lib  # noqa: E402
 from dfx_keras.data import pipelines  # noqa: E402
-from dfx_keras.training import distribute, feature_cache, fit, stages  # noqa: E402  # noqa: E402
+from dfx_keras.training import distribute, feature_cache, fit, stages  # noqa: E402
 from dfx_keras.workdir import Workdir  # noqa: E402
 
 EPOCHS_TO_EXTRAPOLATE = 50

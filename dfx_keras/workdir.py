@@ -191,7 +191,8 @@ def check_writable_folder(path: str, flag: str) -> None:
 MODELS, LOGS, RESULTS, EXPORT, FEATURES = "models", "logs", "results", "export", "features"
 BACKUP, CHECKPOINTS = "backup", "checkpoints"
 SPLIT_CSV, FLAGS_TXT, STAGES_JSON, LOCK_FILE = "split.csv", "flags.txt", "stages.json", ".lock"
-COMPLETE, BASELINE = "complete", "baseline"  # the stages besides the base models
+COMPLETE, BASELINE = "complete", "baseline"  # the stages besides the base models (and results.json keys)
+DEFAULT_MODEL_NAME = "dfx"  # export/<model_name>/, as TF Serving names a model
 DATA_FLAGS = ("data_dir", "data")  # the flags of flags.txt that locate the corpus
 
 

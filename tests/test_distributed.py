@@ -94,6 +94,7 @@ def _images(n):
     return tf.data.Dataset.from_tensor_slices((tf.random.uniform([n, 32, 32, 3], 0, 255), tf.range(n) % 2)).batch(8)
 
 
+@pytest.mark.upstream
 @pytest.mark.parametrize("n", [3, 17])
 def test_uneven_replica_slices_still_break_keras_so_batches_are_trimmed(n):
     """3 images (< one global batch): Keras 3 builds the model by averaging the first batch's
@@ -109,6 +110,7 @@ def test_uneven_replica_slices_still_break_keras_so_batches_are_trimmed(n):
     _distributed_fit(trimmed, strategy)
 
 
+@pytest.mark.upstream
 def test_xla_under_tf_distribute_still_fails_in_keras_so_it_is_dropped(tmp_path):
     """keras-team/keras#19005: a jit-compiled step under MirroredStrategy reads replica 2's
     variables from device 1. Keras' own "auto" keeps XLA off there; so does ``jit_compile``."""
@@ -123,6 +125,7 @@ def test_xla_under_tf_distribute_still_fails_in_keras_so_it_is_dropped(tmp_path)
     assert fit.jit_compile(cfg, replicas=2) is False and fit.jit_compile(cfg, replicas=1) is True
 
 
+@pytest.mark.upstream
 def test_keras_advances_the_optimizer_past_the_end_of_an_unknown_length_epoch():
     """Keras 3 ends an epoch of unknown length (filter, ignore_errors) by probing past its end,
     and the probe bumps the optimizer's step counter (Adam's bias correction) without an update:
@@ -161,6 +164,7 @@ for width in (3, 5):
 """
 
 
+@pytest.mark.upstream
 def test_a_second_mirrored_strategy_in_a_process_aborts_so_there_is_one_per_process():
     """Every MirroredStrategy numbers its collective ops from the same keys: the second one's
     all-reduces meet the first one's ("Shape mismatch in the collective instance")."""

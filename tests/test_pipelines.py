@@ -158,12 +158,12 @@ def test_evaluation_drops_an_undecodable_image_before_a_model_that_decodes_itsel
     """One bad image would fail the SavedModel's whole batch: it must be dropped, and named, first."""
     from conftest import png_declaring
 
-    from dfx_keras import evaluation
+    from dfx_keras.evaluation import protocols
 
     data = make_corpus(tmp_path / "c", per_folder=2)
     (tmp_path / "c" / "real" / "CelebA" / "corrupt.png").write_bytes(png_declaring(16, 16, idat=b"not zlib data"))
     samples = corpus_lib.scan_corpus(data).samples
     assert "real/CelebA/corrupt.png" in {s.path for s in samples}  # the scan cannot see it
-    ds = evaluation.bytes_dataset(pipelines.FolderSource(data), samples, batch_size=5)
+    ds = protocols.bytes_dataset(pipelines.FolderSource(data), samples, batch_size=5)
     read = [p.decode() for _, paths in ds for p in paths.numpy()]
     assert len(read) == len(samples) - 1 and "real/CelebA/corrupt.png" not in read

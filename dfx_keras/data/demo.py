@@ -387,9 +387,10 @@ def _foreign_folders(out_dir: str) -> list[str]:
 # 2,700 images: enough for the demo's base models to see a few dozen "others" each at the
 # paper's 4% and reach >= 0.9 test accuracy in about two CPU minutes (120 gave 0.81).
 IMAGES_PER_ARCHITECTURE = 300
+SEED = 0  # the demo corpus' default seed
 
 
-def generate_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = 0) -> dict:
+def generate_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = SEED) -> dict:
     """Write the demo corpus under ``out_dir``; returns {(class name, architecture): count}.
 
     The marker file lists every file the demo wrote, with its hash. A rerun (other parameters)
@@ -455,7 +456,7 @@ def existing_demo_corpus(out_dir: str, images_per_architecture: int, seed: int) 
             for spec in ARCHITECTURES[class_name]}
 
 
-def ensure_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = 0) -> tuple[dict, bool]:
+def ensure_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = SEED) -> tuple[dict, bool]:
     """The demo corpus in ``out_dir``, generated only when missing or made otherwise.
 
     Returns (counts, generated): ``generated`` is False when an existing corpus was reused.

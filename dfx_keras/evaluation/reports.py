@@ -16,8 +16,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from dfx_keras.classes import CLASS_NAMES
-from dfx_keras.evaluation import BASELINE, label_name, safe_div
-from dfx_keras.workdir import atomic_write
+from dfx_keras.evaluation.metrics import label_name, safe_div
+from dfx_keras.workdir import BASELINE, atomic_write
 
 RESULTS_JSON, RESULTS_MD, PREDICTIONS_CSV = "results.json", "results.md", "predictions.csv"
 CONFUSION_PNG, ATTACKS_PNG = "confusion_matrix{suffix}.png", "accuracy_vs_attack.png"
@@ -75,7 +75,7 @@ def read_results(results_dir: str) -> dict:
 # --- predictions.csv -------------------------------------------------------------------------
 
 def prediction_rows(model: str, passes: Iterable) -> Iterable[list]:
-    """One row per image and pass; ``passes`` as ``evaluation.evaluate`` returns them."""
+    """One row per image and pass; ``passes`` as ``protocols.evaluate`` returns them."""
     for protocol, attack, predictions in passes:
         predicted = np.argmax(predictions.probabilities, axis=1)
         for sample, probabilities, p in zip(predictions.samples, predictions.probabilities, predicted):
