@@ -157,7 +157,7 @@ def load_model(path: str) -> keras.Model:
     """Load a ``.keras`` file of this project with ``safe_mode=True`` (no Lambda, no pickles).
 
     Uncompiled: loaded models are frozen parts, evaluated or exported, never trained further
-    (interrupted training resumes from its ``stage_backup`` state). Compiling a
+    (interrupted training resumes from its ``training.backup`` state). Compiling a
     ``mixed_float16`` model rebuilds its loss-scale optimizer as a plain one and warns that it
     skipped the saved optimizer's variables.
     """
