@@ -12,8 +12,6 @@ time. Only this package reads absl FLAGS.
 import importlib
 import sys
 
-from absl import app
-
 from dfx_keras.cli.quiet import quiet_tensorflow
 
 COMMANDS = ("train", "evaluate", "export", "predict", "demo_corpus")  # each a module of this package
@@ -24,6 +22,8 @@ def run(command: str, usage_from_command: bool = False) -> None:
     flags (on demand, so two commands' flags, both named --model, never meet), parse, run.
     ``usage_from_command``: usage errors show the command's docstring (absl shows ``__main__``'s)."""
     quiet_tensorflow()
+    from absl import app  # after: absl's log handler keeps the stderr it finds when first imported
+
     module = importlib.import_module(f"dfx_keras.cli.{command}")
     module.define_flags()
     if usage_from_command:
