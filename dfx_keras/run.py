@@ -102,7 +102,7 @@ def train(cfg: TrainConfig, plan: TrainPlan) -> dict:
     distribute.check_batch_size(cfg.batch_size, dist)
     chief = distribute.is_chief(dist)
     if plan.stage in ("all", "base", "baseline"):  # a failed download or a bad file, before the corpus is scanned
-        backbones.check_weights(cfg.backbone, cfg.image_size, cfg.weights)
+        backbones.check_weights(cfg.backbone, cfg.weights, cfg.image_size)
     corpus, source = open_data(cfg, plan.data_dir, plan.make_demo_corpus, write_split=chief, data=plan.data)
     unreadable = f", {len(corpus.unreadable)} unreadable folder(s) or special file(s)" if corpus.unreadable else ""
     print(f"corpus: {len(corpus.samples)} images ({len(corpus.skipped)} unreadable skipped{unreadable}), "

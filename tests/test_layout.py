@@ -18,7 +18,8 @@ LONGER = {"data/demo.py"}  # the procedural demo renderer: one job, long by natu
 # itself is the package's lazy API (it imports nothing at load).
 FLOORS = (
     ("dfx_keras", "classes", "configs"),
-    ("workdir", "optimizers", "kcv"),
+    ("workdir", "optimizers", "kcv", "architectures"),
+    ("torchvision_weights",),
     ("backbones", "data"),
     ("models", "datasets"),
     ("config",),

@@ -37,8 +37,10 @@ def define_train_flags():
     flags.DEFINE_enum("main_class", TrainPlan.main_class, CLASS_NAMES, "Main class of the base model for --stage=base; "
                       "omitted: all three.")
     flags.DEFINE_enum("backbone", T.backbone, list(BACKBONES), "Backbone of the base models (and the baseline).")
-    flags.DEFINE_string("weights", T.weights, "Backbone initialisation: imagenet (downloaded by Keras), none, "
-                        "or the path of a Keras weights file (offline users).")
+    flags.DEFINE_string("weights", T.weights, "Backbone initialisation: imagenet (Keras' published weights, "
+                        "downloaded by Keras), torchvision:FILE (torchvision's ImageNet state dict, .pth with torch "
+                        "installed or a .safetensors copy: the reference's starting point; torchvision's layout and "
+                        "ImageNet mean/std), none, or the path of a Keras weights file (offline users).")
     flags.DEFINE_integer("image_size", T.image_size, "Square model input; whole images are squashed to it.", lower_bound=16)
     flags.DEFINE_integer("epochs", T.epochs, "Epochs per stage; the checkpoint with the lowest validation loss is kept.",
                          lower_bound=1)
