@@ -315,10 +315,10 @@ def test_each_family_trains_mirrored_saves_loads_safely_and_exports(corpus16, tm
     monkeypatch.setitem(backbones.BACKBONES, spec.name, spec)
     corpus, source = corpus16
     cfg = TrainConfig(workdir=str(tmp_path / "w"), backbone=spec.name, weights=None, image_size=64,
-                               batch_size=8, epochs=1, verbose=0, bn_momentum=0.95)
+                      batch_size=8, epochs=1, verbose=0, bn_momentum=0.95)
     summary = stages.train_baseline(cfg, corpus, source, distribute.get_strategy("mirrored"))
     assert summary["epochs"] == 1 and np.isfinite(summary["val_loss"])
-    loaded = models.load_model(cfg.path("models", "baseline.keras"))
+    loaded = models.load_model(cfg.wd.model("baseline"))
     assert loaded.get_layer("preprocessing").mode == "torch"
     assert backbones.feature_map(loaded.get_layer(spec.name)).name == feature_map
     batchnorms = [bn for bn in backbones.nested_layers(loaded) if isinstance(bn, keras.layers.BatchNormalization)]
