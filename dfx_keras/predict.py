@@ -1,13 +1,13 @@
-"""``python -m dfx_keras.predict --model=E/dfx/1 FILE_OR_DIR ...``: classify your own images.
+"""Classify your own files with an exported model: files -> classifier -> table / CSV.
 
-Needs only an exported SavedModel (see ``dfx_keras.export``): files are read as bytes and sent
-to its ``serving_default`` signature, which checks, decodes and resizes them itself, exactly
-as under TF Serving. Prints a table (file, class, probabilities, fake_score) and optionally
-writes it as CSV. Folders are searched recursively for image files, with a progress bar.
+Needs only an exported SavedModel (see ``dfx_keras.serving``): files are read as bytes and sent
+to its ``serving_default`` signature (``evaluation.classifier``, as evaluate.py loads models),
+which checks, decodes and resizes them itself, exactly as under TF Serving. Folders are
+searched recursively for image files (``corpus.image_files``, the one folder walk).
 
 A batch that the model refuses (a file that is not an image, a decompression bomb) is retried
-file by file, so one bad file costs only its own row. TensorFlow is imported only once the
-command line is parsed, after the CLI has silenced its start-up logs.
+file by file, so one bad file costs only its own row, named by ``serving.headers.refusal``.
+The command line is ``dfx_keras.cli.predict``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import re
 import sys
 from typing import Callable, Iterable, Sequence
 
-from dfx_keras.classes import CLASS_NAMES
-from dfx_keras.data import corpus
+import numpy as np
+import tensorflow as tf
+
+from dfx_keras.classes import CLASS_NAMES, fake_score
+from dfx_keras.data import corpus, pipelines
+from dfx_keras.evaluation import classifier
+from dfx_keras.serving import headers
+from dfx_keras.workdir import atomic_write, check_writable_folder
 
 IMAGE_EXTENSIONS = (*corpus.IMAGE_EXTENSIONS, ".gif")  # the serving signature also decodes GIF
 CSV_COLUMNS = ("file", "class", *(f"p_{name}" for name in CLASS_NAMES), "fake_score", "error")
@@ -42,18 +47,6 @@ class Prediction:
         return [self.file, self.class_name, *probabilities, score, self.error]
 
 
-def resolve_model(path: str) -> str:
-    """A SavedModel folder, or a TF Serving model folder (``E/dfx``): its newest version."""
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    from dfx_keras.export import versions  # imports TensorFlow: not at module level
-
-    found = versions(path)
-    if not found:
-        raise FileNotFoundError(f"no SavedModel at {path} (expected saved_model.pb or version folders 1, 2, ...)")
-    return os.path.join(path, str(found[-1]))
-
-
 def list_images(paths: Sequence[str]) -> list[str]:
     """Files as given, and the image files (by extension) found under folders, sorted.
 
@@ -73,37 +66,18 @@ def list_images(paths: Sequence[str]) -> list[str]:
     return files
 
 
-def reason(message: str) -> str:
-    """The one informative line of a TensorFlow error raised by the serving signature.
-
-    Graph errors wrap it in "Graph execution error", node names and op names; our own checks
-    say "assertion failed: [image_bytes[i] is ...]" (or "could not be decoded"), where the
-    index is dropped here.
-    """
-    asserted = re.search(r"assertion failed: \[(.*)\]", message)
-    if asserted:
-        return re.sub(r"^image_bytes\[[\d ]+\] (is )?", "", asserted.group(1))
-    noise = re.compile(r"^(Graph execution error|Detected at node|<stack traces|\s*\[\[|\s*$)")
-    lines = [line for line in message.splitlines() if not noise.match(line)]
-    line = lines[0] if lines else message
-    return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", line).strip()
-
-
 class Predictor:
-    """The SavedModel's ``serving_default`` signature, fed with encoded files."""
+    """An exported SavedModel's ``serving_default`` signature (``classifier.load_classifier``),
+    fed with encoded files; ``path`` is the version folder used."""
 
     def __init__(self, model_path: str):
-        import tensorflow as tf
-
-        self.path = resolve_model(model_path)
-        self._tf = tf
-        self._signature = tf.saved_model.load(self.path).signatures["serving_default"]
+        self.classifier = classifier.load_classifier(model_path, encoded=True)
+        self.path = self.classifier.source_path
 
     def _run(self, files: Sequence[str], encoded: list[bytes]) -> list[Prediction]:
-        out = self._signature(image_bytes=self._tf.constant(encoded, self._tf.string))
-        return [Prediction(f, name.decode(), tuple(float(p) for p in probs), float(score))
-                for f, name, probs, score in zip(files, out["class_name"].numpy(), out["probabilities"].numpy(),
-                                                  out["fake_score"].numpy())]
+        probabilities = np.asarray(self.classifier.probabilities(np.array(encoded, object)))
+        return [Prediction(f, CLASS_NAMES[int(np.argmax(p))], tuple(float(v) for v in p), float(fake_score(p)))
+                for f, p in zip(files, probabilities)]
 
     def predict(self, files: Sequence[str]) -> list[Prediction]:
         """One batch of files; files the model refuses get their error instead of a class."""
@@ -117,16 +91,18 @@ class Predictor:
                 failed[f] = Prediction(f, error=f"cannot read: {e.strerror}")
         try:
             answered = self._run(readable, encoded) if readable else []
-        except self._tf.errors.InvalidArgumentError:
+        except tf.errors.InvalidArgumentError:
             answered = [self._one(f, data) for f, data in zip(readable, encoded)]
         by_file = {p.file: p for p in answered} | failed
         return [by_file[f] for f in files]
 
     def _one(self, file: str, encoded: bytes) -> Prediction:
+        """One file alone; refused, it gets the reason the serving graph's checks give."""
         try:
             return self._run([file], [encoded])[0]
-        except self._tf.errors.InvalidArgumentError as e:
-            return Prediction(file, error=reason(e.message))
+        except tf.errors.InvalidArgumentError as e:
+            why = headers.refusal(encoded, self.classifier.max_pixels, pipelines.decode_uint8)
+            return Prediction(file, error=why or f"refused by the model ({type(e).__name__})")
 
 
 def predict_files(predictor: Predictor, files: Sequence[str], batch_size: int = 32,
@@ -170,63 +146,16 @@ def summary(predictions: Sequence[Prediction]) -> str:
 
 def check_csv_path(path: str) -> None:
     """Raise ValueError unless a CSV file can be written at ``path``."""
-    from dfx_keras.durable import check_writable_folder
-
     if os.path.isdir(path):
         raise ValueError(f"--csv={path} is a folder; give a file name")
     check_writable_folder(os.path.dirname(os.path.abspath(path)), "--csv folder")
 
 
 def write_csv(path: str, predictions: Iterable[Prediction]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(p.csv_row() for p in predictions)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(p.csv_row() for p in predictions)
 
-
-# --- command line ---------------------------------------------------------------------------------
-
-def _define_flags():
-    from absl import flags
-
-    flags.DEFINE_string("model", None, "Exported SavedModel: E/<model_name>/<version>, or E/<model_name> for its "
-                        "newest version.", required=True)
-    flags.DEFINE_string("csv", None, "Also write the predictions to this CSV file.")
-    flags.DEFINE_integer("batch_size", 32, "Images sent to the model at once.", lower_bound=1)
-    flags.DEFINE_bool("progress", True, "Show a progress bar on stderr when a folder is given.")
-
-
-def main(argv):
-    from absl import app, flags
-
-    FLAGS = flags.FLAGS
-    if len(argv) < 2:
-        raise app.UsageError("give one or more image files or folders")
-    try:
-        files = list_images(argv[1:])
-        if FLAGS.csv:  # before the predictions, which it would lose
-            check_csv_path(FLAGS.csv)
-        predictor = Predictor(FLAGS.model)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
-    show_bar = FLAGS.progress and any(os.path.isdir(p) for p in argv[1:])
-    predictions = predict_files(predictor, files, FLAGS.batch_size, progress_bar if show_bar else None)
-    print(format_table(predictions))
-    print(summary(predictions))
-    if FLAGS.csv:
-        write_csv(FLAGS.csv, predictions)
-        print(f"csv: {FLAGS.csv}")
-    return 1 if any(p.error for p in predictions) else 0
-
-
-def entry_point():
-    from absl import app
-
-    _define_flags()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    from dfx_keras.cli import predict
-
-    predict()
+    atomic_write(path, write)

@@ -1,6 +1,5 @@
 """DeepFeatureX-SN's contrastive base models: the loss, the pairs, the centroid head, a short run."""
 
-import json
 import os
 
 import keras
@@ -9,10 +8,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_corpus
-from dfx_keras import contrastive, models, training
+from dfx_keras import config, contrastive, models
 from dfx_keras.classes import class_id
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
+from dfx_keras.training import distribute, fit, pairs, stages
 
 TINY = dict(backbone="tiny", weights=None, image_size=32, batch_size=8, verbose=0)
 
@@ -38,21 +38,21 @@ def test_the_loss_equals_the_numpy_formula_on_fixed_pairs():
 
 def test_pair_labels_are_about_half_same_and_partners_match_their_label():
     is_main = np.arange(3000) % 3 == 0  # a third main, as before balancing
-    partners, labels = contrastive.draw_partners(is_main, seed=7)
+    partners, labels = pairs.draw_partners(is_main, seed=7)
     assert abs(labels.mean() - 0.5) < 0.03
     assert np.array_equal(is_main[partners] == is_main, labels == contrastive.SAME)
     assert not np.any(partners == np.arange(len(is_main)))  # never the image itself
-    again, again_labels = contrastive.draw_partners(is_main, seed=7)
+    again, again_labels = pairs.draw_partners(is_main, seed=7)
     assert np.array_equal(again, partners) and np.array_equal(again_labels, labels)  # drawn once: seeded
-    assert not np.array_equal(contrastive.draw_partners(is_main, seed=8)[0], partners)
-    lone = contrastive.draw_partners(np.array([True, False, False]), seed=0)
+    assert not np.array_equal(pairs.draw_partners(is_main, seed=8)[0], partners)
+    lone = pairs.draw_partners(np.array([True, False, False]), seed=0)
     assert lone[1][0] == contrastive.OTHER and lone[0][0] in (1, 2)  # a lone main image has no same-side partner
 
 
 def test_the_balanced_set_has_as_many_main_images_as_others(tmp_path):
     corpus = corpus_lib.scan_corpus(make_corpus(tmp_path / "c", per_folder=10))
     for main in range(3):
-        subset = contrastive.balanced_main_vs_rest(corpus.samples, main, seed=1)
+        subset = pairs.balanced_main_vs_rest(corpus.samples, main, seed=1)
         n_main = sum(s.label == main for s in subset)
         assert n_main == len(subset) - n_main == 20  # 20 main images, 40 others down-sampled
 
@@ -60,16 +60,16 @@ def test_the_balanced_set_has_as_many_main_images_as_others(tmp_path):
 def test_pair_dataset_reads_each_image_with_its_partner_in_a_seeded_order(tmp_path):
     data = make_corpus(tmp_path / "c", per_folder=4)
     samples = corpus_lib.scan_corpus(data).samples
-    partners, labels = contrastive.draw_partners(np.array([s.label == 2 for s in samples]), seed=0)
+    partners, labels = pairs.draw_partners(np.array([s.label == 2 for s in samples]), seed=0)
     source = pipelines.FolderSource(data)
     images = {s.path: pipelines.decode_and_resize(tf.io.read_file(os.path.join(data, s.path)), 16).numpy()
               for s in samples}
-    (first, second), y = next(iter(contrastive.pair_dataset(source, samples, partners, labels, 16, len(samples))))
+    (first, second), y = next(iter(pairs.pair_dataset(source, samples, partners, labels, 16, len(samples))))
     for i, s in enumerate(samples):  # one pass in sample order
         np.testing.assert_array_equal(first[i], images[s.path])
         np.testing.assert_array_equal(second[i], images[samples[partners[i]].path])
     np.testing.assert_array_equal(y, labels)
-    streams = [contrastive.pair_dataset(source, samples, partners, labels, 16, 8, shuffle_seed=3) for _ in range(2)]
+    streams = [pairs.pair_dataset(source, samples, partners, labels, 16, 8, shuffle_seed=3) for _ in range(2)]
     (a, _), ya = next(iter(streams[0]))
     (b, _), yb = next(iter(streams[1]))
     np.testing.assert_array_equal(a, b)  # every iterator replays the same order
@@ -81,7 +81,7 @@ def test_the_centroid_head_survives_save_and_safe_load_and_gives_nearest_centroi
     rest, main = np.zeros(embedder.output_shape[-1]), np.full(embedder.output_shape[-1], 0.5)
     model = contrastive.attach_centroids(embedder, rest, main, "bm_real")
     path = str(tmp_path / "bm_real.keras")
-    training.save_model(model, path)
+    fit.save_model(model, path)
     loaded = models.load_model(path)  # safe_mode=True
     np.testing.assert_array_equal(loaded.get_layer("logits").get_weights()[0], np.stack([rest, main]))
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
@@ -96,17 +96,17 @@ def test_the_centroid_head_survives_save_and_safe_load_and_gives_nearest_centroi
 def test_a_short_run_on_separable_data_puts_same_class_images_closer_than_other_class_ones(tmp_path):
     data = make_corpus(tmp_path / "corpus", per_folder=16)
     corpus, source = corpus_lib.scan_corpus(data), pipelines.FolderSource(data)
-    cfg = training.TrainConfig(workdir=str(tmp_path / "w"), epochs=6, learning_rate=3e-3, weight_decay=1e-4,
-                               base_objective="contrastive", **TINY)
-    summary = training.train_base_model(cfg, corpus, source, "real", training.get_strategy("one_device"))
-    stages = json.load(open(cfg.path("logs", "stages.json")))["bm_real"]
-    assert stages == summary and stages["objective"] == "contrastive" and stages["margin"] == 2.0
-    assert stages["main_images"] + stages["other_images"] == stages["train_images"]  # of a balanced set, 80%
-    assert np.isfinite(stages["val_loss"]) and stages["val_centroid_accuracy"] == stages["val_accuracy"]
-    model = models.load_model(cfg.path("models", "bm_real.keras"))
+    cfg = config.TrainConfig(workdir=str(tmp_path / "w"), epochs=6, learning_rate=3e-3, weight_decay=1e-4,
+                             base_objective="contrastive", **TINY)
+    summary = stages.train_base_model(cfg, corpus, source, "real", distribute.get_strategy("one_device"))
+    recorded = cfg.wd.stage_summaries()["bm_real"]
+    assert recorded == summary and recorded["objective"] == "contrastive" and recorded["margin"] == 2.0
+    assert recorded["main_images"] + recorded["other_images"] == recorded["train_images"]  # of a balanced set, 80%
+    assert np.isfinite(recorded["val_loss"]) and recorded["val_centroid_accuracy"] == recorded["val_accuracy"]
+    model = models.load_model(cfg.wd.model("bm_real"))
     samples = corpus.pool(corpus_lib.BASE_POOL)
     is_real = np.array([s.label == class_id("real") for s in samples])
-    features, _ = contrastive.embed(models.feature_extractor(model), pipelines.image_dataset(
+    features, _ = pairs.embed(models.feature_extractor(model), pipelines.image_dataset(
         source, samples, 32, 16, targets=is_real.astype(int).tolist()))
     distances = np.linalg.norm(features[:, None] - features[None], axis=-1)
     same = is_real[:, None] == is_real[None]
@@ -119,6 +119,6 @@ def test_a_short_run_on_separable_data_puts_same_class_images_closer_than_other_
 
 def test_contrastive_base_models_need_a_corpus_folder(tmp_path):
     corpus = corpus_lib.scan_corpus(make_corpus(tmp_path / "c", per_folder=2))
-    cfg = training.TrainConfig(workdir=str(tmp_path / "w"), base_objective="contrastive", **TINY)
-    with pytest.raises(training.SettingsError, match="--data_dir"):
-        training.train_base_model(cfg, corpus, object(), "real", training.get_strategy("one_device"))
+    cfg = config.TrainConfig(workdir=str(tmp_path / "w"), base_objective="contrastive", **TINY)
+    with pytest.raises(distribute.SettingsError, match="--data_dir"):
+        stages.train_base_model(cfg, corpus, object(), "real", distribute.get_strategy("one_device"))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import make_corpus
-from dfx_keras import holdout_protocol
 from dfx_keras.classes import REAL
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import holdout
+from dfx_keras.evaluation import protocols
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKER = os.path.join(REPO, "..", "shared", "tools", "check_workdir.py")
@@ -62,15 +62,15 @@ def test_each_held_out_folder_meets_as_many_test_pool_images_of_the_other_side(t
     corpus = corpus_lib.scan_corpus(make_corpus(tmp_path / "c", per_folder=20))
     kept, held = holdout.split_holdout(corpus, HELD)
     test = kept.pool(corpus_lib.TEST_POOL)
-    sets = holdout_protocol.holdout_sets(test, held, seed=42)
+    sets = protocols.holdout_sets(test, held, seed=42)
     assert list(sets) == ["gan_generated/StyleGAN2", "real/Others"]
     n_real, n_fake = sum(s.label == REAL for s in test), sum(s.label != REAL for s in test)
     gan, real = sets["gan_generated/StyleGAN2"], sets["real/Others"]
     assert sum(s.architecture == "StyleGAN2" for s in gan) == sum(s.label == REAL for s in gan) == min(20, n_real)
     assert sum(s.architecture == "Others" for s in real) == sum(s.label != REAL for s in real) == min(20, n_fake)
     assert all(s in test for s in gan + real if holdout.folder_name(s) not in HELD)  # opponents: test pool only
-    assert holdout_protocol.holdout_sets(test, held, seed=42) == sets  # seeded
-    assert holdout_protocol.holdout_sets(test, held, seed=1) != sets
+    assert protocols.holdout_sets(test, held, seed=42) == sets  # seeded
+    assert protocols.holdout_sets(test, held, seed=1) != sets
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@
 scanned corpus before any pool is used, so no base model, complete model, baseline, validation
 set or test-pool protocol sees them; their images are listed in the workdir's ``holdout.csv``
 (the columns of ``split.csv``, label ``holdout``) and ``evaluate.py`` reports each folder as a
-binary set (``dfx_keras.holdout_protocol``). Plain Python, like ``corpus``.
+binary set (``evaluation.protocols.holdout_protocol``). Plain Python, like ``corpus``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Iterable, Sequence
 
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data.corpus import SPLIT_COLUMNS, Corpus, CorpusError, Sample, write_split_csv
+from dfx_keras.workdir import Workdir
 
-HOLDOUT_CSV = "holdout.csv"
 HOLDOUT_LABEL = "holdout"
 
 
@@ -100,21 +100,19 @@ def without_folders(corpus: Corpus, folders: Sequence[str]) -> Corpus:
     return dataclasses.replace(corpus, samples=[s for s in corpus.samples if folder_name(s) not in drop])
 
 
-def check_workdir_holdout(workdir: str, names: Sequence[str]) -> None:
+def check_workdir_holdout(wd: Workdir, names: Sequence[str]) -> None:
     """A workdir's models were trained without its held-out folders: a run that holds out other
     folders would mix models that saw them with models that did not. One line, before any work,
     while the workdir has models (``--overwrite`` retrains only the stages a run names)."""
-    recorded = held_out_folders(read_holdout_csv(os.path.join(workdir, HOLDOUT_CSV)))
-    models_dir = os.path.join(workdir, "models")
-    trained = os.path.isdir(models_dir) and any(f.endswith(".keras") for f in os.listdir(models_dir))
-    if trained and recorded != sorted(names):
-        raise CorpusError(f"{workdir} holds models trained holding out {', '.join(recorded) or 'no folder'}; this run "
+    recorded = held_out_folders(read_holdout_csv(wd.holdout_csv))
+    if wd.has_models() and recorded != sorted(names):
+        raise CorpusError(f"{wd.root} holds models trained holding out {', '.join(recorded) or 'no folder'}; this run "
                           f"holds out {', '.join(sorted(names)) or 'no folder'}: use another --workdir")
 
 
-def record_holdout(workdir: str, held: Sequence[Sample]) -> None:
+def record_holdout(wd: Workdir, held: Sequence[Sample]) -> None:
     """Write ``holdout.csv``, or remove a stale one when nothing is held out."""
-    path = os.path.join(workdir, HOLDOUT_CSV)
+    path = wd.holdout_csv
     if held:
         write_holdout_csv(held, path)
     elif os.path.exists(path):
