@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+from dfx_keras import calibration, thresholds
 from dfx_keras.classes import CLASS_NAMES, DM, GAN, NUM_CLASSES, REAL
 from dfx_keras.data import corpus as corpus_lib
 
@@ -180,13 +181,20 @@ class Classifier:
 
     ``image_size``: the side of the square float images in [0, 255] it takes (the pipeline
     resizes to it); None when it takes encoded image bytes and resizes itself (a SavedModel's
-    ``serving_default``). ``probabilities``: batch -> (B, 3) probabilities, a compiled function.
+    ``serving_default``). ``probabilities``: batch -> (B, 3) *uncalibrated* probabilities, a
+    compiled function. ``calibration``: the model's ``calibrate.fit`` (temperature, thresholds)
+    when it has one; ``predict`` divides the logits by its temperature, as the export does.
     """
 
     name: str
     image_size: int | None
     probabilities: Callable
     source_path: str = ""
+    calibration: dict | None = None
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
 
 
 def keras_classifier(model, name: str = "model", source_path: str = "") -> Classifier:
@@ -209,6 +217,8 @@ def saved_model_classifier(path: str, name: str = "model") -> Classifier:
     size changes nothing. Otherwise ``serving_default`` on encoded bytes (it resizes itself)."""
     import tensorflow as tf
 
+    from dfx_keras.export import read_metadata
+
     loaded = tf.saved_model.load(path)
     image_size = _float_signature_size(loaded, path)
     signature_name = "serving_images" if image_size else "serving_default"
@@ -219,9 +229,21 @@ def saved_model_classifier(path: str, name: str = "model") -> Classifier:
     if "probabilities" not in signature.structured_outputs:
         raise ValueError(f"signature {signature_name} of {path} has no 'probabilities' output")
     (key, spec), = signature.structured_input_signature[1].items()
-    fn = tf.function(lambda batch: signature(**{key: tf.cast(batch, spec.dtype)})["probabilities"])
+    # Calibrated exports serve calibrated probabilities and the raw ``logits`` beside them.
+    calibrated = "logits" in signature.structured_outputs
+    fn = tf.function(lambda batch: _uncalibrated(signature(**{key: tf.cast(batch, spec.dtype)}), calibrated))
     fn.loaded_model = loaded  # keeps the loaded object (and its variables) alive with the function
-    return Classifier(name, image_size, fn, path)
+    try:
+        calibration = read_metadata(path).get("calibration") if calibrated else None
+    except (OSError, ValueError):
+        calibration = None
+    return Classifier(name, image_size, fn, path, calibration)
+
+
+def _uncalibrated(outputs: Mapping, calibrated: bool):
+    import tensorflow as tf
+
+    return tf.nn.softmax(outputs["logits"], axis=-1) if calibrated else outputs["probabilities"]
 
 
 def _float_signature_size(loaded, path: str) -> int | None:
@@ -245,9 +267,10 @@ def load_classifier(path: str, name: str = "model") -> Classifier:
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
         return saved_model_classifier(path, name)
     if os.path.isfile(path) and path.endswith(".keras"):
-        from dfx_keras import models
+        from dfx_keras import calibrate, models
 
-        return keras_classifier(models.load_model(path), name, path)
+        classifier = keras_classifier(models.load_model(path), name, path)
+        return dataclasses.replace(classifier, calibration=calibrate.calibration_of(path))
     raise FileNotFoundError(f"no model at {path}: expected a .keras file or a SavedModel folder "
                             "(one holding saved_model.pb, e.g. W/export/dfx/1)")
 
@@ -257,11 +280,13 @@ def load_classifier(path: str, name: str = "model") -> Classifier:
 @dataclasses.dataclass
 class Predictions:
     """What one pass over a list of images produced: the samples read, in the order read,
-    their probabilities, and the paths that could not be read (or attacked)."""
+    their (calibrated) probabilities, the paths that could not be read (or attacked), and the
+    uncalibrated logits (log-probabilities) the probabilities came from."""
 
     samples: list[corpus_lib.Sample]
     probabilities: np.ndarray
     skipped: list[str]
+    logits: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -322,7 +347,9 @@ def predict(classifier: Classifier, source, samples: Sequence[corpus_lib.Sample]
     read = [by_path[p.decode()] for p in np.concatenate(paths)] if paths else []
     read_paths = {s.path for s in read}
     probs = np.concatenate(probabilities).astype(np.float64) if probabilities else np.zeros((0, NUM_CLASSES))
-    return Predictions(read, probs, [s.path for s in samples if s.path not in read_paths])
+    logits = calibration.logits_of(probs)
+    return Predictions(read, calibration.softmax(logits, classifier.temperature),
+                       [s.path for s in samples if s.path not in read_paths], logits)
 
 
 # --- protocols -------------------------------------------------------------------------------
@@ -439,6 +466,7 @@ def evaluate(classifier: Classifier, protocols: Sequence[str], source=None,
     if "raw" in protocols:
         results["raw"], clean = raw_protocol(classifier, source, test_samples, batch_size, seed)
         results["per_architecture"] = per_architecture_accuracy(clean.samples, clean.probabilities)
+        results.update(calibration_results(classifier, clean))
         passes.append(("raw", "none", clean))
     if "robustness" in protocols:
         results["robustness"], attacked = robustness_protocol(classifier, source, test_samples, batch_size, seed)
@@ -448,6 +476,19 @@ def evaluate(classifier: Classifier, protocols: Sequence[str], source=None,
             classifier, generalization_dir, batch_size)
         passes.extend(("generalization", "none", p) for p in sets.values())
     return results, passes
+
+
+def calibration_results(classifier: Classifier, clean: Predictions) -> dict:
+    """``calibration`` (ECE on the test pool before and after the model's temperature) and
+    ``thresholds`` (the validation-chosen thresholds' rates on the test pool), for a calibrated
+    model; nothing for one without a calibration."""
+    if not classifier.calibration:
+        return {}
+    labels = clean.labels
+    fake_score = 1.0 - clean.probabilities[:, REAL]
+    return {"calibration": calibration.calibration_block(clean.logits, labels, classifier.temperature),
+            "thresholds": thresholds.measured_on_test(classifier.calibration.get("thresholds", {}), fake_score,
+                                                      labels != REAL)}
 
 
 def model_identity(path: str) -> dict:

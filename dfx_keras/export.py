@@ -12,7 +12,12 @@ where only TensorFlow is installed (no ``dfx_keras``, no ``keras_cv``, no Keras 
   inside the same way.
 
 Both return ``probabilities`` [B, 3], ``class_id`` [B], ``class_name`` [B] and ``fake_score``
-[B] = 1 - p(real). The backbones' normalisation is a layer of the model, so it is in the graph.
+[B] = 1 - p(real), calibrated by the workdir's temperature (``models/calibration.json``) baked
+into the graph; ``logits`` [B, 3], the uncalibrated values; ``base_scores`` [B, 3], each base
+model's probability of its own main class (DM, GAN, REAL); and, exported with ``--threshold``,
+``is_fake`` [B] = ``fake_score > threshold``. The threshold, the temperature and how both were
+chosen are recorded in ``assets.extra/dfx_export.json``. The backbones' normalisation is a
+layer of the model, so it is in the graph.
 
 Exports are written to a hidden temporary folder beside the version folder and renamed when
 complete: TF Serving never sees half an export, and an existing version is never replaced.
@@ -36,6 +41,7 @@ import shutil  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
 
 from dfx_keras import __version__, durable  # noqa: E402
 from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES, REAL  # noqa: E402
@@ -43,7 +49,9 @@ from dfx_keras.data import pipelines  # noqa: E402
 from dfx_keras.data.corpus import DEFAULT_MAX_PIXELS  # noqa: E402  the corpus scan's limit too
 SIGNATURE_BYTES, SIGNATURE_IMAGES = "serving_default", "serving_images"
 BYTES_INPUT, IMAGES_INPUT = "image_bytes", "images"
-OUTPUTS = ("probabilities", "class_id", "class_name", "fake_score")
+OUTPUTS = ("probabilities", "class_id", "class_name", "fake_score")  # every export's, as before calibration
+DETECTOR_OUTPUTS = ("logits", "base_scores")  # added by calibration and the base models' heads
+DECISION_OUTPUT = "is_fake"  # with --threshold
 METADATA_FILE = "dfx_export.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
@@ -189,13 +197,18 @@ def _checked(encoded: tf.Tensor, index: tf.Tensor, max_pixels: int) -> tuple[tf.
         return tf.identity(encoded), fmt
 
 
-def _outputs(logits: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The signatures' outputs from the complete model's logits."""
-    probabilities = tf.nn.softmax(logits, axis=-1)
+def _outputs(detected: dict[str, tf.Tensor], temperature: float, threshold: float | None) -> dict[str, tf.Tensor]:
+    """The signatures' outputs from the detector model's ``logits`` (and ``base_scores``):
+    probabilities of ``logits / temperature``; ``is_fake`` when a threshold is set."""
+    logits = detected["logits"]
+    probabilities = tf.nn.softmax(logits / temperature, axis=-1)
     class_id = tf.argmax(probabilities, axis=-1)
-    return {"probabilities": probabilities, "class_id": class_id,
-            "class_name": tf.gather(tf.constant(CLASS_NAMES), class_id),
-            "fake_score": 1.0 - probabilities[:, REAL]}
+    outputs = {"probabilities": probabilities, "class_id": class_id,
+               "class_name": tf.gather(tf.constant(CLASS_NAMES), class_id),
+               "fake_score": 1.0 - probabilities[:, REAL], "logits": logits, **detected}
+    if threshold is not None:
+        outputs[DECISION_OUTPUT] = outputs["fake_score"] > threshold
+    return outputs
 
 
 class ServingModule(tf.Module):
@@ -210,12 +223,19 @@ class ServingModule(tf.Module):
     signatures are traced without AutoGraph.
     """
 
-    def __init__(self, model, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, model, max_pixels: int = DEFAULT_MAX_PIXELS, temperature: float = 1.0,
+                 threshold: float | None = None):
+        from dfx_keras import models
+
         super().__init__(name="dfx_serving")
         self.image_size = int(model.input_shape[1])
         self.max_pixels = int(max_pixels)
+        self.temperature, self.threshold = float(temperature), threshold
         self.model_variables = [weight.value for weight in model.weights]
-        self._model = functools.partial(model, training=False)
+        detector = models.detector_model(model)  # the complete model's layers: the same weights
+        detected = DETECTOR_OUTPUTS if models.has_base_outputs(model) else DETECTOR_OUTPUTS[:1]
+        self.output_names = (*OUTPUTS, *detected, *([DECISION_OUTPUT] if threshold is not None else ()))
+        self._model = functools.partial(detector, training=False)
 
     def _classify(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Outputs for a batch of model-size images; an empty batch gets empty outputs.
@@ -223,9 +243,10 @@ class ServingModule(tf.Module):
         The model is not run on an empty batch: TF's oneDNN ``Conv2D`` on CPU returns its
         input unchanged for batch 0 (depth 3, not the filter count) and the next layer fails.
         """
-        logits = tf.cond(tf.size(images) > 0, lambda: tf.cast(self._model(images), tf.float32),
-                         lambda: tf.zeros([0, NUM_CLASSES]))
-        return _outputs(logits)
+        detected = tf.cond(tf.size(images) > 0,
+                           lambda: {k: tf.cast(v, tf.float32) for k, v in self._model(images).items()},
+                           lambda: {k: tf.zeros([0, NUM_CLASSES]) for k in self.output_names if k in DETECTOR_OUTPUTS})
+        return _outputs(detected, self.temperature, self.threshold)
 
     def _decoded(self, encoded: tf.Tensor, formats: tf.Tensor) -> tf.Tensor:
         """Decode and resize each image, ``DECODE_PARALLELISM`` at a time, naming any that fails.
@@ -337,13 +358,19 @@ def read_metadata(export_path: str) -> dict:
 
 
 def _write_extras(path: str, module: ServingModule, model_name: str, version: int, source: str | None,
-                  source_sha256: str | None = None) -> None:
+                  source_sha256: str | None = None, calibration: dict | None = None,
+                  threshold: dict | None = None) -> None:
+    """``dfx_export.json`` (what the export is, where it came from, its temperature and
+    threshold with their provenance) and the TF Serving warmup requests."""
     extra = os.path.join(path, "assets.extra")
     os.makedirs(extra)
     metadata = {
         "model_name": model_name, "version": version, "max_pixels": module.max_pixels,
         "image_size": module.image_size, "class_names": list(CLASS_NAMES),
-        "signatures": {SIGNATURE_BYTES: BYTES_INPUT, SIGNATURE_IMAGES: IMAGES_INPUT}, "outputs": list(OUTPUTS),
+        "signatures": {SIGNATURE_BYTES: BYTES_INPUT, SIGNATURE_IMAGES: IMAGES_INPUT},
+        "outputs": list(module.output_names), "temperature": module.temperature,
+        "calibration": calibration, "threshold": threshold,
+        "decision": (f"is_fake = fake_score > {threshold['threshold']!r}" if threshold else None),
         "source": source, "source_sha256": source_sha256 or (file_sha256(source) if source else None),
         "dfx_keras": __version__, "tensorflow": tf.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -355,7 +382,8 @@ def _write_extras(path: str, module: ServingModule, model_name: str, version: in
 
 def export_saved_model(model, export_root: str, model_name: str = "dfx", version: int | None = None,
                        max_pixels: int = DEFAULT_MAX_PIXELS, source: str | None = None,
-                       source_sha256: str | None = None) -> str:
+                       source_sha256: str | None = None, calibration: dict | None = None,
+                       threshold: dict | None = None) -> str:
     """Write ``export_root/model_name/<version>/`` and return its path.
 
     ``version`` None takes the next integer (the one after, if a concurrent export takes it
@@ -363,7 +391,8 @@ def export_saved_model(model, export_root: str, model_name: str = "dfx", version
     after its writing process, and renamed when complete, so TF Serving never loads half an
     export; the temporary folders of killed exports are removed. An existing version is
     refused, never replaced. ``source``, the ``.keras`` file the model came from, is recorded
-    with its hash (``source_sha256`` when the caller has it).
+    with its hash (``source_sha256`` when the caller has it). ``calibration`` (``calibrate.fit``)
+    bakes its temperature into the graph; ``threshold`` (``thresholds.resolve``) adds ``is_fake``.
     """
     model_dir = os.path.join(export_root, model_name)
     os.makedirs(model_dir, exist_ok=True)
@@ -376,9 +405,10 @@ def export_saved_model(model, export_root: str, model_name: str = "dfx", version
         raise _version_exists(model_dir, version)
     tmp = durable.make_temporary_folder(model_dir, str(version))
     try:
-        module = ServingModule(model, max_pixels)
+        module = ServingModule(model, max_pixels, (calibration or {}).get("temperature", 1.0),
+                               threshold["threshold"] if threshold else None)
         tf.saved_model.save(module, tmp, signatures=module.signatures())
-        _write_extras(tmp, module, model_name, version, source, source_sha256)
+        _write_extras(tmp, module, model_name, version, source, source_sha256, calibration, threshold)
         return _publish(tmp, model_dir, version, renumber)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -411,27 +441,39 @@ def _publish(tmp: str, model_dir: str, version: int, renumber: bool) -> str:
 
 
 def export_workdir(workdir: str, export_dir: str | None = None, model_name: str = "dfx", version: int | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, model_path: str | None = None, reuse: bool = False) -> str:
-    """Export the workdir's complete model (or ``model_path``) under ``export_dir`` (W/export).
+                   max_pixels: int = DEFAULT_MAX_PIXELS, model_path: str | None = None, reuse: bool = False,
+                   threshold: str | None = None) -> str:
+    """Export the workdir's complete model (or ``model_path``) under ``export_dir`` (W/export),
+    calibrated by the ``calibration.json`` fitted to that file, with ``is_fake`` when a
+    ``threshold`` is given (``fpr:0.01`` or a number; see ``thresholds.resolve``).
 
     ``reuse`` (train.py) returns the newest export instead when it was made from the same
-    model file and pixel limit, so rerunning a finished training does not pile up copies.
+    model file, pixel limit and calibration, so rerunning a finished training does not pile up copies.
     """
+    from dfx_keras import calibrate, thresholds
+
     model_path = model_path or os.path.join(workdir, "models", "complete.keras")
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"no model to export: {model_path} (train the complete model first)")
     model_dir = os.path.join(export_dir or os.path.join(workdir, "export"), model_name)
     sha256 = file_sha256(model_path)
+    calibration = calibrate.calibration_of(model_path)
+    chosen = thresholds.resolve(threshold, calibration) if threshold else None
     existing = versions(model_dir) if reuse and version is None else []
     if existing:
         latest = os.path.join(model_dir, str(existing[-1]))
         recorded = read_metadata(latest)
-        if recorded.get("source_sha256") == sha256 and recorded.get("max_pixels") == max_pixels:
+        if (recorded.get("source_sha256") == sha256 and recorded.get("max_pixels") == max_pixels
+                and recorded.get("calibration") == calibration and recorded.get("threshold") == chosen):
             return latest
+    if calibration is None:
+        logging.warning("%s has no calibration fitted to it (%s): exported uncalibrated (temperature 1); train.py "
+                        "--stage=complete on its workdir fits one", model_path, calibrate.calibration_path(model_path))
     from dfx_keras import models
 
     return export_saved_model(models.load_model(model_path), os.path.dirname(model_dir), model_name, version, max_pixels,
-                              source=os.path.abspath(model_path), source_sha256=sha256)
+                              source=os.path.abspath(model_path), source_sha256=sha256, calibration=calibration,
+                              threshold=chosen)
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -446,6 +488,9 @@ def _define_flags():
     flags.DEFINE_string("model_name", "dfx", "Model name: the folder under --export_dir, as TF Serving names it.")
     flags.DEFINE_integer("version", None, "Version folder to write (an existing one is refused); default: the "
                          "next integer.", lower_bound=1)
+    flags.DEFINE_string("threshold", None, "Add an is_fake output (fake_score > threshold): fpr:RATE takes the "
+                        "threshold chosen at calibration for that false-positive rate on the validation real images "
+                        "(fpr:0.01 or fpr:0.05), a number is used as it is. Recorded in assets.extra/dfx_export.json.")
     flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS, "Largest width x height an encoded image may declare; "
                          "larger ones are refused before decoding (decompression bombs).", lower_bound=1)
 
@@ -460,10 +505,14 @@ def main(argv):
         raise app.UsageError("give --workdir=W (or --model=FILE.keras with --export_dir=DIR)")
     try:
         path = export_workdir(FLAGS.workdir, FLAGS.export_dir, FLAGS.model_name, FLAGS.version, FLAGS.max_pixels,
-                              FLAGS.model)
-    except (FileNotFoundError, FileExistsError) as e:
+                              FLAGS.model, threshold=FLAGS.threshold)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     print(f"exported {path} ({directory_size(path) / 2 ** 20:.1f} MiB)")
+    metadata = read_metadata(path)
+    print(f"temperature {metadata['temperature']:.4g}; outputs: {', '.join(metadata['outputs'])}")
+    if metadata["threshold"]:
+        print(f"{metadata['decision']} ({metadata['threshold']['chosen_by']})")
 
 
 def entry_point():

@@ -91,6 +91,15 @@ def evaluate(model_paths: Mapping[str, str], protocols: Sequence[str], results_d
     return results, reports.write_reports(results_dir, results, passes)
 
 
+def calibrate_complete(cfg: training.TrainConfig, corpus, source) -> dict:
+    """The complete model's temperature and thresholds (``models/calibration.json``), fitted on
+    its stage's validation split unless they already fit ``complete.keras``."""
+    from dfx_keras import calibrate
+
+    _, val, _ = training.complete_split(corpus, cfg.val_fraction)
+    return calibrate.calibrate(cfg.path("models", "complete.keras"), source, val, cfg.batch_size)
+
+
 def evaluate_raw(cfg: training.TrainConfig, corpus, source) -> dict:
     """Raw test of the workdir's complete model, and of its baseline beside it when
     ``models/baseline.keras`` exists, reported in ``results/`` (evaluate.py adds the attacks
@@ -126,6 +135,8 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
             training.train_base_model(cfg, corpus, source, name, dist)
     if stage in ("all", "complete"):
         training.train_complete_model(cfg, corpus, source, dist)
+        if chief:
+            calibrate_complete(cfg, corpus, source)
     if stage == "baseline" or (stage == "all" and train_baseline):
         training.train_baseline(cfg, corpus, source, dist)
     outcome = {"workdir": cfg.workdir, "stages": training.stage_summaries(cfg.workdir)}

@@ -1,0 +1,73 @@
+"""The complete model's calibration: fitted once on the complete stage's validation split.
+
+The validation split is held out from the head's training (it only chose the best epoch), so
+its logits are honest enough to fit the temperature on, and its real images to choose the
+operating thresholds on. Both go to ``models/calibration.json`` beside ``complete.keras``,
+tied to that file by its hash: a retrained model is recalibrated, never served with a stale T.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from absl import logging
+
+from dfx_keras import calibration, thresholds
+from dfx_keras.classes import REAL
+from dfx_keras.data import corpus as corpus_lib
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def calibration_path(model_path: str) -> str:
+    """Where a model file's calibration lives: ``calibration.json`` beside it."""
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), CALIBRATION_FILE)
+
+
+def calibration_of(model_path: str) -> dict | None:
+    """The calibration fitted to this very ``.keras`` file, or None (none fitted, or fitted to a
+    file since replaced, or fitted to another model of the folder such as the baseline)."""
+    from dfx_keras.export import file_sha256
+
+    path = calibration_path(model_path)
+    return calibration.read(path, file_sha256(model_path)) if os.path.exists(path) else None
+
+
+def fit(logits: np.ndarray, labels: Sequence[int], model_sha256: str, rates: Sequence[float] = thresholds.RATES,
+        bins: int = calibration.DEFAULT_BINS) -> dict:
+    """Temperature and thresholds from validation ``logits`` (B, 3) and ``labels``; the
+    thresholds are on the calibrated ``fake_score``, the one the export serves."""
+    labels = np.asarray(labels, np.int64)
+    temperature = calibration.fit_temperature(logits, labels)
+    fake_score = 1.0 - calibration.softmax(logits, temperature)[:, REAL]
+    before, after = calibration.softmax(logits), calibration.softmax(logits, temperature)
+    return {"model_sha256": model_sha256, "temperature": temperature, "bounds": [calibration.T_MIN, calibration.T_MAX],
+            "fitted_on": "complete stage validation split", "val_images": len(labels),
+            "val_ece_before": calibration.expected_calibration_error(before, labels, bins),
+            "val_ece_after": calibration.expected_calibration_error(after, labels, bins),
+            "thresholds": thresholds.choose_thresholds(fake_score[labels == REAL], rates)}
+
+
+def calibrate(model_path: str, source, val_samples: Sequence[corpus_lib.Sample], batch_size: int,
+              overwrite: bool = False) -> dict:
+    """``model_path``'s calibration: the one on disk when it fits this file (unless
+    ``overwrite``), else fitted on ``val_samples`` and written atomically beside the model."""
+    from dfx_keras import evaluation
+    from dfx_keras.export import file_sha256
+
+    existing = None if overwrite else calibration_of(model_path)
+    if existing:
+        return existing
+    classifier = evaluation.load_classifier(model_path, "complete")
+    predictions = evaluation.predict(classifier, source, val_samples, batch_size,
+                                     description="complete: calibration on the validation split")
+    fitted = fit(predictions.logits, predictions.labels, file_sha256(model_path))
+    for key, block in fitted["thresholds"].items():
+        if "warning" in block:
+            logging.warning("%s", block["warning"])
+    calibration.write(calibration_path(model_path), fitted)
+    logging.info("calibration: T=%.3f, validation ECE %.4f -> %.4f", fitted["temperature"], fitted["val_ece_before"],
+                 fitted["val_ece_after"])
+    return fitted
