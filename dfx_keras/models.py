@@ -16,6 +16,7 @@ from dfx_keras.classes import NUM_CLASSES, SHORT_NAMES
 FEATURES_LAYER = "features"
 LOGITS_LAYER = "logits"
 IMAGE_INPUT = "image"
+PREPROCESSING_LAYER = "preprocessing"
 
 # The head of DESIGN.md 1.3: (filters, kernel, stride); every conv pads 1 on both sides.
 HEAD_CONVS = ((16, 7, 2), (64, 5, 2), (256, 3, 1), (512, 3, 1), (1024, 3, 1))
@@ -35,7 +36,7 @@ def _image_to_features(backbone: str, image_size: int | None, weights: str | Non
     spec = backbones.get_backbone(backbone)
     image_size = image_size or spec.default_image_size
     inputs = keras.Input((image_size, image_size, 3), name=IMAGE_INPUT)
-    x = backbones.BackbonePreprocessing(spec.preprocessing, name="preprocessing")(inputs)
+    x = backbones.BackbonePreprocessing(spec.preprocessing, name=PREPROCESSING_LAYER)(inputs)
     x = backbones.build_backbone(backbone, image_size, weights, bn_momentum)(x)
     return inputs, layers.Identity(name=FEATURES_LAYER)(x)
 
@@ -165,6 +166,12 @@ def build_baseline_model(backbone: str, image_size: int | None = None, weights: 
     inputs, features = _image_to_features(backbone, image_size, weights, bn_momentum)
     logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER, dtype="float32")(features)
     return keras.Model(inputs, logits, name="baseline")
+
+
+def backbone_of(extractor: keras.Model) -> keras.Model:
+    """The backbone nested in a base model (or its extractor): its one nested model."""
+    (backbone,) = [layer for layer in extractor.layers if isinstance(layer, keras.Model)]
+    return backbone
 
 
 def has_base_outputs(complete: keras.Model) -> bool:
