@@ -28,14 +28,22 @@ def gradcam_model(complete: keras.Model) -> keras.Model:
     image = keras.Input(complete.input_shape[1:], name=models.IMAGE_INPUT)
     feature_maps, features = [], []
     for extractor in models.base_feature_extractors(complete):
-        backbone = models.backbone_of(extractor)
-        target = backbones.feature_map(backbone)
-        split = keras.Model(backbone.input, [target.output, backbone.output], name=f"{extractor.name}_split")
-        feature_map, pooled = split(extractor.get_layer(models.PREPROCESSING_LAYER)(image))
+        feature_map, feature = _split_at_feature_map(extractor)(image)
         feature_maps.append(feature_map)
-        features.append(extractor.get_layer(models.FEATURES_LAYER)(pooled))
+        features.append(feature)
     logits = models.head_of(complete)(models.stack_features(features))
     return keras.Model(image, [logits, *feature_maps], name=f"{complete.name}_gradcam")
+
+
+def _split_at_feature_map(extractor: keras.Model) -> keras.Model:
+    """A base model's image -> [feature map, pooled features], through its own layers (one
+    model per base model: their layers share names)."""
+    backbone = models.backbone_of(extractor)
+    split = keras.Model(backbone.input, [backbones.feature_map(backbone).output, backbone.output])
+    image = keras.Input(extractor.input_shape[1:])
+    feature_map, pooled = split(extractor.get_layer(models.PREPROCESSING_LAYER)(image))
+    return keras.Model(image, [feature_map, extractor.get_layer(models.FEATURES_LAYER)(pooled)],
+                       name=f"{extractor.name}_split")
 
 
 def heatmaps(model: keras.Model, images: np.ndarray, class_ids: np.ndarray | None = None
