@@ -19,16 +19,18 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: middle; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
-tr.fake td.decision { color: #b00020; font-weight: bold; }
-tr.real td.decision { color: #1b5e20; font-weight: bold; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.file { max-width: 22em; word-break: break-all; font-family: monospace; font-size: 90%; }
+tr.fake td.is_fake { color: #b00020; font-weight: bold; }
+tr.real td.is_fake { color: #1b5e20; font-weight: bold; }
 td.error { color: #b00020; }
 img.thumbnail { max-width: 128px; max-height: 128px; }
 img.heatmap { max-height: 150px; }
 .bar { display: inline-block; height: 8px; background: #1565c0; vertical-align: middle; margin-left: 4px; }
 """
 
-NUMBER_COLUMNS = ("fake_score", "base_dm", "base_gan", "base_real")
+NUMBER_COLUMNS = ("fake_score", "base_dm", "base_gan", "base_real", "p_dm_generated", "p_gan_generated", "p_real")
+BAR_COLUMNS = NUMBER_COLUMNS[:4]
 
 
 def _image(png: bytes | None, css_class: str, alt: str) -> str:
@@ -41,7 +43,7 @@ def _image(png: bytes | None, css_class: str, alt: str) -> str:
 def _cell(column: str, value: str) -> str:
     css = "number" if column in NUMBER_COLUMNS else column
     bar = ""
-    if column in NUMBER_COLUMNS and value:
+    if column in BAR_COLUMNS and value:
         bar = f'<span class="bar" style="width:{round(float(value) * 60)}px"></span>'
     return f'<td class="{css}" data-column="{column}">{html.escape(value)}{bar}</td>'
 
@@ -64,7 +66,7 @@ def render(rows: Sequence[Mapping[str, str]], columns: Sequence[str], thumbnails
     notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{notes_html}"
-            f"<p>{len(rows)} file(s); made {created}.</p>"
+            f"<p>Made {created}.</p>"
             f"<table><thead><tr>{header}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table></body></html>\n")
 
 

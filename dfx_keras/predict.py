@@ -31,6 +31,9 @@ BASE_COLUMNS = tuple(f"base_{SHORT_NAMES[name]}" for name in CLASS_NAMES)
 # New columns go after the old ones, so readers of the first columns by position still work.
 CSV_COLUMNS = ("file", "class", *(f"p_{name}" for name in CLASS_NAMES), "fake_score", "error", *BASE_COLUMNS,
                "is_fake")
+# The report shows the answer first: class, decision, scores, then the probabilities.
+REPORT_COLUMNS = ("file", "class", "is_fake", "fake_score", *BASE_COLUMNS, *(f"p_{name}" for name in CLASS_NAMES),
+                  "error")
 
 
 @dataclasses.dataclass
@@ -271,7 +274,7 @@ def write_report(path: str, predictor: Predictor, predictions: Sequence[Predicti
     from dfx_keras import explain, html_report
 
     notes = [f"model: {predictor.path}", decision_line(predictor.decision), summary(predictions)]
-    return html_report.write(path, [p.csv_dict() for p in predictions], CSV_COLUMNS, explain.thumbnails(predictions),
+    return html_report.write(path, [p.csv_dict() for p in predictions], REPORT_COLUMNS, explain.thumbnails(predictions),
                              heatmaps, "dfx_keras predictions", notes)
 
 

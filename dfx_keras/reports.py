@@ -314,7 +314,7 @@ def _calibration_section(results: Mapping) -> list[str]:
                   f"test pool {_fmt(c['ece_before'])} before, {_fmt(c['ece_after'])} after ({c['bins']} bins).", "",
                   f"![reliability diagram]({calibration_plots.RELIABILITY_PNG})", ""]
     if results.get("thresholds"):
-        rows = [(key, _fmt(b["threshold"]), _fmt(b.get("val_fpr")), _fmt(b["fpr"]), _fmt(b["tpr"]))
+        rows = [(key, f"{b['threshold']:.4g}", _fmt(b.get("val_fpr")), _fmt(b["fpr"]), _fmt(b["tpr"]))
                 for key, b in results["thresholds"].items()]
         lines += ["## Operating thresholds", "", "`fake_score > threshold` is fake; thresholds chosen on the "
                   "validation real images, rates measured on the test pool.", "",
