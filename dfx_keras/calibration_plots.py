@@ -32,7 +32,10 @@ def plot_reliability(path: str, block: Mapping) -> str:
         ax.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width=[b["upper"] - b["lower"] for b in bins],
                align="edge", edgecolor="black", color="tab:blue", alpha=0.7, label="accuracy")
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="tab:red",
-                label="mean confidence")
+                label="(mean confidence, accuracy)")
+        for b in bins:  # how many images each bar stands for: most sit in the last bin
+            ax.annotate(str(b["n"]), ((b["lower"] + b["upper"]) / 2, min(b["accuracy"], 0.93) + 0.02), ha="center",
+                        fontsize=7)
         ax.plot([0, 1], [0, 1], "--", color="gray")
         title = "uncalibrated" if when == "before" else f"temperature {block['temperature']:.3g}"
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class)", ylabel="accuracy",

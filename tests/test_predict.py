@@ -250,3 +250,22 @@ def test_cli_report_and_explain_with_the_keras_model(workdir, folder, tmp_path):
     written = sorted(os.path.relpath(os.path.join(d, n), figures) for d, _, names in os.walk(figures) for n in names)
     assert written == good == ["B.JPG.png", "a.png.png", "sub/c.gif.png", "sub/deeper/d.webp.png"]
     assert all(r["is_fake"] in ("true", "false") for r in rows.values() if not r["error"])
+
+
+def test_the_report_has_one_row_per_input_with_the_csv_values(predictor, folder, tmp_path):
+    write_image(folder / "odd <name> & 'quotes'.png", random_image(30, 30, 5))
+    files = predict.list_images([str(folder)])
+    predictions = predict.predict_files(predictor, files)
+    predict.write_csv(str(tmp_path / "p.csv"), predictions)
+    page = predict.write_report(str(tmp_path / "r.html"), predictor, predictions, {})
+    with open(tmp_path / "p.csv") as f:
+        rows = {r["file"]: r for r in csv.DictReader(f)}
+    parser = ReportParser()
+    with open(page) as f:
+        text = f.read()
+    parser.feed(text)
+    assert list(parser.rows) == files and len(files) == 7
+    for file in files:
+        assert parser.rows[file] == rows[file]
+        assert [kind for kind, _ in parser.images[file]] == ([] if rows[file]["error"] else ["thumbnail"])
+    assert "decision: fake if fake_score &gt; " in text and "(fpr:0.05: false-positive rate 0.05 on 400" in text
