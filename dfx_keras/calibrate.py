@@ -43,11 +43,15 @@ def fit(logits: np.ndarray, labels: Sequence[int], model_sha256: str, rates: Seq
     temperature = calibration.fit_temperature(logits, labels)
     fake_score = 1.0 - calibration.softmax(logits, temperature)[:, REAL]
     before, after = calibration.softmax(logits), calibration.softmax(logits, temperature)
-    return {"model_sha256": model_sha256, "temperature": temperature, "bounds": [calibration.T_MIN, calibration.T_MAX],
-            "fitted_on": "complete stage validation split", "val_images": len(labels),
-            "val_ece_before": calibration.expected_calibration_error(before, labels, bins),
-            "val_ece_after": calibration.expected_calibration_error(after, labels, bins),
-            "thresholds": thresholds.choose_thresholds(fake_score[labels == REAL], rates)}
+    fitted = {"model_sha256": model_sha256, "temperature": temperature, "bounds": [calibration.T_MIN, calibration.T_MAX],
+              "fitted_on": "complete stage validation split", "val_images": len(labels),
+              "val_ece_before": calibration.expected_calibration_error(before, labels, bins),
+              "val_ece_after": calibration.expected_calibration_error(after, labels, bins), "thresholds": {}}
+    try:
+        fitted["thresholds"] = thresholds.choose_thresholds(fake_score[labels == REAL], rates)
+    except thresholds.ThresholdError as e:  # the temperature stands without them
+        fitted["thresholds_error"] = str(e)
+    return fitted
 
 
 def calibrate(model_path: str, source, val_samples: Sequence[corpus_lib.Sample], batch_size: int,
@@ -64,9 +68,9 @@ def calibrate(model_path: str, source, val_samples: Sequence[corpus_lib.Sample],
     predictions = evaluation.predict(classifier, source, val_samples, batch_size,
                                      description="complete: calibration on the validation split")
     fitted = fit(predictions.logits, predictions.labels, file_sha256(model_path))
-    for key, block in fitted["thresholds"].items():
-        if "warning" in block:
-            logging.warning("%s", block["warning"])
+    for warning in [b["warning"] for b in fitted["thresholds"].values() if "warning" in b] + (
+            [fitted["thresholds_error"]] if "thresholds_error" in fitted else []):
+        logging.warning("%s", warning)
     calibration.write(calibration_path(model_path), fitted)
     logging.info("calibration: T=%.3f, validation ECE %.4f -> %.4f", fitted["temperature"], fitted["val_ece_before"],
                  fitted["val_ece_after"])

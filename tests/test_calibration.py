@@ -155,3 +155,11 @@ def test_fit_chooses_thresholds_on_calibrated_validation_reals_and_is_tied_to_th
     assert json.loads((tmp_path / "calibration.json").read_text())["model_sha256"] == file_sha256(str(model))
     model.write_bytes(b"retrained")
     assert calibrate.calibration_of(str(model)) is None  # stale
+
+
+def test_a_validation_split_without_real_images_keeps_its_temperature_and_says_why_no_thresholds():
+    logits, labels = sampled_logits(1.5, n=2000, seed=4)
+    fakes = labels != 2
+    fitted = calibrate.fit(logits[fakes], labels[fakes], "abc")
+    assert fitted["thresholds"] == {} and 0.05 <= fitted["temperature"] <= 20
+    assert fitted["thresholds_error"] == "no real images to choose the 0.01 false-positive threshold on"
