@@ -108,13 +108,13 @@ def parse_spec(spec: str) -> tuple[str, float]:
     ("value", number). Raises ThresholdError with the accepted forms."""
     match = re.fullmatch(r"\s*fpr:([0-9.eE+-]+)\s*", spec)
     try:
-        if match:
-            return "fpr", float(match.group(1))
-        return "value", float(spec)
+        kind, value = ("fpr", float(match.group(1))) if match else ("value", float(spec))
     except ValueError:
-        pass
-    raise ThresholdError(f"--threshold={spec}: give fpr:RATE (e.g. fpr:0.01, a rate chosen at calibration) "
-                         "or a fake_score value (e.g. 0.7)")
+        kind, value = "", math.nan
+    if kind == "fpr" and 0 < value < 1 or kind == "value" and 0 <= value <= 1:
+        return kind, value
+    raise ThresholdError(f"--threshold={spec}: give fpr:RATE with RATE in (0, 1) (e.g. fpr:0.01, a rate chosen at "
+                         "calibration) or a fake_score value in [0, 1] (e.g. 0.7)")
 
 
 def resolve(spec: str, calibration: Mapping | None) -> dict:

@@ -133,8 +133,10 @@ def test_threshold_specs():
     assert thresholds.resolve("0.7", None) == {"threshold": 0.7, "spec": "0.7", "chosen_by": "given as a number"}
     with pytest.raises(thresholds.ThresholdError, match="available: none"):
         thresholds.resolve("fpr:0.01", None)
-    with pytest.raises(thresholds.ThresholdError, match="give fpr:RATE"):
-        thresholds.parse_spec("fpr=0.01")
+    for bad in ("fpr=0.01", "fpr:1.5", "fpr:0", "1.2", "-0.1", "high", "fpr:"):
+        with pytest.raises(thresholds.ThresholdError, match="give fpr:RATE"):
+            thresholds.parse_spec(bad)
+    assert thresholds.parse_spec(" fpr:0.05 ") == ("fpr", 0.05) and thresholds.parse_spec("0") == ("value", 0.0)
 
 
 # --- the fit tied to a model file -------------------------------------------------------------
