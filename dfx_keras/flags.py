@@ -39,8 +39,10 @@ def define_train_flags():
     flags.DEFINE_enum("main_class", None, CLASS_NAMES, "Main class of the base model for --stage=base; "
                       "omitted: all three.")
     flags.DEFINE_enum("backbone", "densenet121", list(BACKBONES), "Backbone of the base models (and the baseline).")
-    flags.DEFINE_string("weights", "imagenet", "Backbone initialisation: imagenet (downloaded by Keras), none, "
-                        "or the path of a Keras weights file (offline users).")
+    flags.DEFINE_string("weights", "imagenet", "Backbone initialisation: imagenet (Keras' published weights, "
+                        "downloaded by Keras), torchvision:FILE (torchvision's ImageNet state dict, .pth with torch "
+                        "installed or a .safetensors copy: the reference's starting point; torchvision's layout and "
+                        "ImageNet mean/std), none, or the path of a Keras weights file (offline users).")
     flags.DEFINE_integer("image_size", 256, "Square model input; whole images are squashed to it.", lower_bound=16)
     flags.DEFINE_integer("epochs", 50, "Epochs per stage; the checkpoint with the lowest validation loss is kept.",
                          lower_bound=1)

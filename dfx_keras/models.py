@@ -32,11 +32,11 @@ def base_model_name(main_class: str) -> str:
 
 
 def _image_to_features(backbone: str, image_size: int | None, weights: str | None, bn_momentum: float):
-    """Input and ``features`` tensors of a backbone with its own preprocessing in front."""
-    spec = backbones.get_backbone(backbone)
-    image_size = image_size or spec.default_image_size
+    """Input and ``features`` tensors of a backbone with the preprocessing its weights expect in front."""
+    image_size = image_size or backbones.get_backbone(backbone).default_image_size
     inputs = keras.Input((image_size, image_size, 3), name=IMAGE_INPUT)
-    x = backbones.BackbonePreprocessing(spec.preprocessing, name=PREPROCESSING_LAYER)(inputs)
+    mode = backbones.preprocessing_mode(backbone, weights)
+    x = backbones.BackbonePreprocessing(mode, name=PREPROCESSING_LAYER)(inputs)
     x = backbones.build_backbone(backbone, image_size, weights, bn_momentum)(x)
     return inputs, layers.Identity(name=FEATURES_LAYER)(x)
 

@@ -125,7 +125,7 @@ def train(cfg: training.TrainConfig, data_dir: str | None, data: str | None = No
     training.check_batch_size(cfg.batch_size, dist)
     chief = training.is_chief(dist)
     if stage in ("all", "base", "baseline"):  # a failed download or a bad file, before the corpus is scanned
-        backbones.check_weights(cfg.backbone, cfg.image_size, cfg.weights)
+        backbones.check_weights(cfg.backbone, cfg.weights, cfg.image_size)
     corpus, source = open_data(cfg, data_dir, make_demo_corpus, write_split=chief, data=data)
     unreadable = f", {len(corpus.unreadable)} unreadable folder(s) or special file(s)" if corpus.unreadable else ""
     print(f"corpus: {len(corpus.samples)} images ({len(corpus.skipped)} unreadable skipped{unreadable}), "

@@ -21,9 +21,7 @@ def _check_flags() -> None:
     """One clear line for each mistake a user can make, before TensorFlow builds anything."""
     from dfx_keras import backbones, durable
 
-    backbones.resolve_weights(FLAGS.weights)
-    if FLAGS.backbone == "tiny" and FLAGS.weights not in (None, "none"):
-        raise app.UsageError("--backbone=tiny has no pretrained weights: add --weights=none")
+    backbones.check_weights(FLAGS.backbone, FLAGS.weights)
     if not FLAGS.data_dir and not FLAGS.data:
         raise app.UsageError("give the corpus with --data_dir=FOLDER (or --data=tfds:dfx_corpus/CONFIG)")
     if FLAGS.data_dir and not FLAGS.make_demo_corpus and not os.path.isdir(FLAGS.data_dir):

@@ -9,18 +9,32 @@ from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import demo, pipelines
 
 # The reference's torchvision models use epsilon 1e-5; Keras ImageNet weights trained with
-# another epsilon keep it (EfficientNet, InceptionV3: Keras' 1e-3), as does the tiny CNN.
+# another epsilon keep it (EfficientNet, InceptionV3: Keras' 1e-3), as does the tiny CNN. The
+# ViTs have LayerNorm only (torchvision's epsilon 1e-6) and no BatchNorm.
 EXPECTED_EPSILON = {"densenet": 1e-5, "resnet": 1e-5, "resnext": 1e-5, "efficientnet": 1e-3, "inception": 1e-3,
                     "tiny": 1e-3, "vit": None}
-SMALLEST_INPUT = {"inception_v3": 75}  # keras.applications' minimum; 32 for the others
+# 32 px but for InceptionV3 (keras.applications' minimum) and the ViTs (ViT-B/32's crop needs 37).
+SMALLEST_INPUT = {"inception_v3": 75, "vit_b16": 64, "vit_b32": 64}
+# The layouts the registry test builds: every backbone in the layout --weights=none builds, and the
+# other layout of the smallest member of each family that has two (keras.applications' and
+# torchvision's): 18 of the 22 layouts. The four left out (DenseNet-169/201's and ResNet-101/152's
+# torchvision layouts) are deeper copies of layouts built here by the same code, and building
+# them would add about 30 s (all 22 took 115 s on 2 shared cores).
+BOTH_LAYOUTS = ("densenet121", "resnet50")
+LAYOUTS = [(name, layout.pretrained) for name, spec in backbones.BACKBONES.items()
+           for layout in (spec.layouts if name in BOTH_LAYOUTS else spec.layouts[:1])]
 
 
 def _batchnorms(model):
     return [layer for layer in backbones.nested_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
+def _family(name):
+    return next(family for family in EXPECTED_EPSILON if name.startswith(family))
+
+
 def _expected_epsilon(name):
-    return next(eps for family, eps in EXPECTED_EPSILON.items() if name.startswith(family))
+    return EXPECTED_EPSILON[_family(name)]
 
 
 @pytest.mark.parametrize("name", list(backbones.BACKBONES))
@@ -28,19 +42,37 @@ def test_every_registered_backbone_has_the_reference_epsilon(name):
     assert backbones.get_backbone(name).bn_epsilon == _expected_epsilon(name)
 
 
-@pytest.mark.parametrize("name", ["densenet121", "resnet50", "efficientnet_b0", "inception_v3", "tiny"])
-def test_built_backbones_have_the_reference_batchnorm(name):
-    """One backbone of each family, built: every BatchNorm layer at momentum 0.9 and the registry's epsilon."""
-    layers = _batchnorms(backbones.build_backbone(name, SMALLEST_INPUT.get(name, 32)))
-    assert layers and {(layer.momentum, layer.epsilon) for layer in layers} == {(0.9, _expected_epsilon(name))}
+def test_the_registry_test_builds_every_backbone_and_every_kind_of_layout():
+    assert {name for name, _ in LAYOUTS} == set(backbones.BACKBONES)
+    assert {(_family(name), pretrained) for name, pretrained in LAYOUTS} == {
+        (_family(name), layout.pretrained) for name, spec in backbones.BACKBONES.items() for layout in spec.layouts}
 
 
-def test_bn_momentum_overrides_and_saved_models_keep_the_settings(tmp_path):
-    model = models.build_base_model("tiny", 32, None, bn_momentum=0.95)
+@pytest.mark.parametrize("name,pretrained", LAYOUTS)
+def test_built_backbones_have_the_reference_batchnorm(name, pretrained):
+    """Built as build_backbone builds them (from scratch, in the layout that ``pretrained`` weights
+    would choose): every BatchNorm layer at momentum 0.9 and the registry's epsilon, in
+    keras.applications' and torchvision's layouts alike; a ViT has none, and keeps torchvision's
+    LayerNorm epsilon."""
+    spec = backbones.get_backbone(name)
+    layout = next(layout for layout in spec.layouts if layout.pretrained == pretrained)
+    model = backbones.build_layout(spec, layout, SMALLEST_INPUT.get(name, 32))
+    norms = _batchnorms(model)
+    if _expected_epsilon(name) is None:
+        layer_norms = {layer.epsilon for layer in model.layers if isinstance(layer, keras.layers.LayerNormalization)}
+        assert not norms and layer_norms == {1e-6}
+    else:
+        assert norms and {(layer.momentum, layer.epsilon) for layer in norms} == {(0.9, _expected_epsilon(name))}
+
+
+@pytest.mark.parametrize("name", ["tiny", "resnet18"])  # resnet18: torchvision's layout
+def test_bn_momentum_overrides_and_saved_models_keep_the_settings(tmp_path, name):
+    model = models.build_base_model(name, 32, None, bn_momentum=0.95)
     path = str(tmp_path / "bm.keras")
     model.save(path)
     loaded = _batchnorms(models.load_model(path))
-    assert len(loaded) == 3 and {(bn.momentum, bn.epsilon) for bn in loaded} == {(0.95, 1e-3)}
+    assert len(loaded) == len(_batchnorms(model)) >= 3
+    assert {(bn.momentum, bn.epsilon) for bn in loaded} == {(0.95, _expected_epsilon(name))}
 
 
 def test_keras_skips_freezing_a_model_that_is_already_frozen():

@@ -151,14 +151,20 @@ def test_preprocessing_matches_keras_applications(name):
               "inception_v3": keras.applications.inception_v3,
               "efficientnet_b0": keras.applications.efficientnet}[name]
     images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
-    ours = backbones.BackbonePreprocessing(backbones.get_backbone(name).preprocessing)(images)
+    ours = backbones.BackbonePreprocessing(backbones.preprocessing_mode(name, "imagenet"))(images)
     np.testing.assert_allclose(ours.numpy(), module.preprocess_input(images.copy()), atol=1e-4)
 
 
-@pytest.mark.parametrize("name,dim", [("densenet121", 1024), ("resnet50", 2048), ("efficientnet_b0", 1280)])
-def test_registered_feature_sizes(name, dim):
-    assert backbones.get_backbone(name).feature_dim == dim
-    assert backbones.build_backbone(name, 64).output_shape == (None, dim)
+@pytest.mark.parametrize("name,dim", [("densenet121", 1024), ("resnet50", 2048), ("efficientnet_b0", 1280),
+                                      ("inception_v3", 2048), ("tiny", 64)])
+def test_registered_feature_sizes_and_feature_maps(name, dim):
+    """keras.applications layouts; the torchvision layouts are in test_backbones."""
+    spec = backbones.get_backbone(name)
+    model = backbones.build_backbone(name, 75 if name == "inception_v3" else 64)
+    assert spec.feature_dim == dim and model.output_shape == (None, dim)
+    feature_map = backbones.feature_map(model)  # for Grad-CAM
+    assert feature_map.name == spec.layouts[0].feature_map
+    assert len(feature_map.output.shape) == 4 and feature_map.output.shape[-1] == dim
 
 
 def test_adam_l2_is_coupled_weight_decay():

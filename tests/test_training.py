@@ -88,6 +88,9 @@ def test_train_cli_runs_every_stage_and_honours_the_workdir_contract(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--backbone=resnet9000"], "resnet9000"),
     (["--backbone=tiny", "--weights=imagenet"], "--weights=none"),
+    (["--backbone=vit_b16"], "vit_b16 has no ImageNet weights published by Keras (--weights=imagenet); use "
+                             "--weights=torchvision:FILE"),
+    (["--backbone=resnet18", "--weights=torchvision:/no/such.pth"], "file not found: /no/such.pth"),
     (["--weights=/no/such/file.h5"], "not found: /no/such/file.h5"),
     (["--data_dir=/no/such/corpus"], "--data_dir not found"),
     (["--epochs=0"], "epochs"),
@@ -183,7 +186,7 @@ def _not_weights(tmp_path, name):
 
 
 @pytest.mark.parametrize("case", ["workdir_is_a_file", "imagenet_offline", "garbage_weights", "truncated_weights",
-                                  "demo_pointed_at_a_users_corpus"])
+                                  "torchvision_misfit", "demo_pointed_at_a_users_corpus"])
 def test_mistakes_that_used_to_end_in_tracebacks_are_one_line_before_the_corpus_scan(tmp_path, case):
     data = make_corpus(tmp_path / "corpus", per_folder=2)
     work, dense = f"--workdir={tmp_path / 'w'}", ["--backbone=densenet121", "--image_size=32", "--batch_size=8"]
@@ -198,6 +201,15 @@ def test_mistakes_that_used_to_end_in_tracebacks_are_one_line_before_the_corpus_
     elif case.endswith("_weights"):
         path = _not_weights(tmp_path, case.split("_")[0])
         args, message = [work, f"--data_dir={data}", *dense, f"--weights={path}"], [f"error: --weights={path} {not_weights}"]
+    elif case == "torchvision_misfit":  # a state dict of another model
+        from safetensors.numpy import save_file
+
+        path = tmp_path / "other.safetensors"
+        save_file({"x": np.zeros(1, np.float32)}, str(path))
+        args = [work, f"--data_dir={data}", "--backbone=resnet18", "--image_size=32", "--batch_size=8",
+                f"--weights=torchvision:{path}"]
+        message = [f"error: {path} does not fit resnet18 (torchvision layout): missing tensors: conv1.weight, "
+                   "bn1.weight", "unexpected tensors: x"]
     else:  # what the demo flagfile does, with --data_dir pointed at a user's corpus
         args, message = [work, f"--data_dir={data}", "--make_demo_corpus", *TINY], [f"error: {data} already holds other data"]
     result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], capture_output=True, text=True,
