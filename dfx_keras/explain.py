@@ -34,14 +34,14 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def explain_files(complete, predictions: Sequence, out_dir: str | None, batch_size: int = 16) -> dict[str, bytes]:
-    """Grad-CAM figures (PNG bytes) of the predicted class for every answered prediction, written
-    under ``out_dir`` as ``mirrored_paths`` says when it is given. Returns file -> PNG bytes."""
+def explain_files(model, predictions: Sequence, out_dir: str | None, batch_size: int = 16) -> dict[str, bytes]:
+    """Grad-CAM figures (PNG bytes) of the predicted class for every answered prediction, by
+    ``model`` (``gradcam.gradcam_model``), written under ``out_dir`` as ``mirrored_paths`` says
+    when it is given. Returns file -> PNG bytes."""
     from dfx_keras import gradcam
     from dfx_keras.data import pipelines
 
-    model = gradcam.gradcam_model(complete)
-    size = int(complete.input_shape[1])
+    size = int(model.input_shape[1])
     answered = [p for p in predictions if not p.error]
     targets = mirrored_paths([p.file for p in answered], out_dir) if out_dir else {}
     figures = {}

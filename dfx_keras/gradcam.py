@@ -39,7 +39,12 @@ def _split_at_feature_map(extractor: keras.Model) -> keras.Model:
     """A base model's image -> [feature map, pooled features], through its own layers (one
     model per base model: their layers share names)."""
     backbone = models.backbone_of(extractor)
-    split = keras.Model(backbone.input, [backbones.feature_map(backbone).output, backbone.output])
+    try:
+        target = backbones.feature_map(backbone)
+    except ValueError as e:
+        raise ValueError(f"cannot explain {extractor.name}: {e} (a tiny CNN saved before they were named must be "
+                         "retrained)") from None
+    split = keras.Model(backbone.input, [target.output, backbone.output])
     image = keras.Input(extractor.input_shape[1:])
     feature_map, pooled = split(extractor.get_layer(models.PREPROCESSING_LAYER)(image))
     return keras.Model(image, [feature_map, extractor.get_layer(models.FEATURES_LAYER)(pooled)],

@@ -321,6 +321,10 @@ def main(argv):
 
             check_writable_folder(FLAGS.explain, "--explain")
         predictor = Predictor(FLAGS.model, FLAGS.threshold)
+        if FLAGS.explain:  # a backbone without its registered feature-map layer: before any prediction
+            from dfx_keras import gradcam
+
+            explainer = gradcam.gradcam_model(predictor.keras_model)
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     show_bar = FLAGS.progress and any(os.path.isdir(p) for p in argv[1:])
@@ -335,7 +339,7 @@ def main(argv):
     if FLAGS.explain:
         from dfx_keras import explain
 
-        heatmaps = explain.explain_files(predictor.keras_model, predictions, FLAGS.explain, FLAGS.batch_size)
+        heatmaps = explain.explain_files(explainer, predictions, FLAGS.explain, FLAGS.batch_size)
         print(f"explain: {len(heatmaps)} Grad-CAM figure(s) under {FLAGS.explain}")
     if FLAGS.report:
         print(f"report: {write_report(FLAGS.report, predictor, predictions, heatmaps)}")
