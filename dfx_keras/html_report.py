@@ -20,12 +20,13 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: middle; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.file { max-width: 22em; word-break: break-all; font-family: monospace; font-size: 90%; }
+td.file { min-width: 14em; max-width: 28em; word-break: break-all; font-family: monospace; font-size: 90%; }
+tr.explanation td { border-bottom: 2px solid #999; }
 tr.fake td.is_fake { color: #b00020; font-weight: bold; }
 tr.real td.is_fake { color: #1b5e20; font-weight: bold; }
 td.error { color: #b00020; }
 img.thumbnail { max-width: 128px; max-height: 128px; }
-img.heatmap { max-height: 150px; }
+img.heatmap { max-width: 100%; }
 .bar { display: inline-block; height: 8px; background: #1565c0; vertical-align: middle; margin-left: 4px; }
 """
 
@@ -51,17 +52,18 @@ def _cell(column: str, value: str) -> str:
 def render(rows: Sequence[Mapping[str, str]], columns: Sequence[str], thumbnails: Mapping[str, bytes],
            heatmaps: Mapping[str, bytes], title: str, notes: Sequence[str] = ()) -> str:
     """The page: ``rows`` are CSV rows as dicts (``file`` first), shown in ``columns`` order, with
-    each file's thumbnail and, when given, its heatmap figure."""
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in ("image", *columns, *(("heatmaps",) if heatmaps else ())))
+    each file's thumbnail and, when given, its heatmap figure in a full-width row below it."""
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in ("image", *columns))
     body = []
     for row in rows:
-        file = row["file"]
+        file = html.escape(row["file"])
         decision = {"true": "fake", "false": "real"}.get(row.get("is_fake", ""), "")
-        cells = [f"<td>{_image(thumbnails.get(file), 'thumbnail', file)}</td>",
+        cells = [f"<td>{_image(thumbnails.get(row['file']), 'thumbnail', row['file'])}</td>",
                  *(_cell(c, row.get(c, "")) for c in columns)]
-        if heatmaps:
-            cells.append(f"<td>{_image(heatmaps.get(file), 'heatmap', 'Grad-CAM of ' + file)}</td>")
-        body.append(f'<tr class="prediction {decision}" data-file="{html.escape(file)}">{"".join(cells)}</tr>')
+        body.append(f'<tr class="prediction {decision}" data-file="{file}">{"".join(cells)}</tr>')
+        if heatmaps.get(row["file"]):
+            figure = _image(heatmaps[row["file"]], "heatmap", "Grad-CAM of " + row["file"])
+            body.append(f'<tr class="explanation" data-file="{file}"><td colspan="{len(columns) + 1}">{figure}</td></tr>')
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

@@ -183,6 +183,8 @@ class ReportParser(html.parser.HTMLParser):
         if tag == "tr" and "prediction" in attrs.get("class", ""):
             self._row = attrs["data-file"]
             self.rows[self._row], self.images[self._row] = {}, []
+        elif tag == "tr" and attrs.get("class") == "explanation":  # the heatmaps, in a row below their file's
+            self._row = attrs["data-file"]
         elif tag == "td" and self._row is not None and "data-column" in attrs:
             self._column = attrs["data-column"]
             self.rows[self._row][self._column] = ""
