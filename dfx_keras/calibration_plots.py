@@ -6,11 +6,11 @@ points are marked on the curve), without pyplot, like every plot of ``reports``.
 
 from __future__ import annotations
 
+import os
 from typing import Mapping, Sequence
 
-import numpy as np
-
 from dfx_keras import thresholds
+from dfx_keras.classes import REAL
 
 RELIABILITY_PNG, ROC_PNG = "reliability.png", "roc.png"
 
@@ -65,10 +65,6 @@ def plot_roc(path: str, scores: Sequence[float], is_fake: Sequence[bool], operat
 def write_plots(results_dir: str, results: Mapping, clean=None) -> list[str]:
     """The reliability diagram when ``results`` has a calibration; the ROC curve when the raw
     pass ``clean`` (``evaluation.Predictions``) is given and holds both classes."""
-    import os
-
-    from dfx_keras.classes import REAL
-
     written = []
     if "calibration" in results:
         written.append(plot_reliability(os.path.join(results_dir, RELIABILITY_PNG), results["calibration"]))

@@ -3,7 +3,6 @@ table, CSV, decision, base scores, Grad-CAM figures and the HTML report."""
 
 import csv
 import html.parser
-import json
 import os
 import subprocess
 import sys
