@@ -174,10 +174,15 @@ def backbone_of(extractor: keras.Model) -> keras.Model:
     return backbone
 
 
+def is_complete_model(model: keras.Model) -> bool:
+    """A complete model (base models and a head), not a baseline or a base model."""
+    return any(layer.name == "head" for layer in model.layers)
+
+
 def has_base_outputs(complete: keras.Model) -> bool:
     """Whether the complete model's extractors keep their base models' outputs (complete models
-    saved before they did have features only)."""
-    return all(len(extractor.outputs) == 2 for extractor in base_feature_extractors(complete))
+    saved before they did have features only; other models have no base models)."""
+    return is_complete_model(complete) and all(len(e.outputs) == 2 for e in base_feature_extractors(complete))
 
 
 def detector_model(complete: keras.Model) -> keras.Model:
@@ -187,8 +192,11 @@ def detector_model(complete: keras.Model) -> keras.Model:
     ``base_scores`` are each base model's probability of its own main class (softmax of its
     output, index 1), in the order DM, GAN, REAL. The model is rebuilt from the complete
     model's own layers (shared weights), so the backbones run once; a complete model without
-    the base outputs (``has_base_outputs``) gives ``logits`` only.
+    the base outputs (``has_base_outputs``), or any other 3-class model (the baseline), gives
+    ``logits`` only.
     """
+    if not is_complete_model(complete):
+        return keras.Model(complete.input, {"logits": complete.output}, name=f"{complete.name}_detector")
     inputs = keras.Input(complete.input_shape[1:], name=IMAGE_INPUT)
     outputs = [extractor(inputs) for extractor in base_feature_extractors(complete)]
     logits = head_of(complete)(stack_features([_features(o) for o in outputs]))

@@ -178,3 +178,12 @@ def test_adam_l2_is_coupled_weight_decay():
     np.testing.assert_allclose(decoupled.numpy(), w0 - 0.01 * 0.1 * w0, atol=1e-6)
     config = AdamL2(l2=0.1).get_config()
     assert AdamL2.from_config(config).l2 == pytest.approx(0.1)
+
+
+def test_the_baseline_is_a_detector_of_logits_only():
+    baseline = models.build_baseline_model("tiny", 32)
+    assert not models.is_complete_model(baseline) and not models.has_base_outputs(baseline)
+    images = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    out = models.detector_model(baseline)(images)
+    assert set(out) == {"logits"}
+    np.testing.assert_allclose(out["logits"].numpy(), baseline(images).numpy(), atol=1e-6)
