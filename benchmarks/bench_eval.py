@@ -7,7 +7,7 @@ forward pass per image. Three ways to get the same probabilities are timed:
   eagerly (``model(x, training=False)``), as the reference's PyTorch loop does;
 - compiled batch-1 loop: the same, through the compiled function evaluation uses
   (``Classifier.probabilities``): isolates what batching itself gains;
-- batched: ``evaluation.predict``, tf.data decoding and resizing in parallel, one call of the
+- batched: ``protocols.predict``, tf.data decoding and resizing in parallel, one call of the
   compiled function per batch (what evaluate.py does).
 
     python benchmarks/bench_eval.py --workdir=W [--data_dir=D] [--images=256] [--batch_size=32]
@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-from dfx_keras.quiet import quiet_tensorflow  # noqa: E402
+from dfx_keras.cli.quiet import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -69,27 +69,29 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from dfx_keras import evaluation, models
+    from dfx_keras import models
+    from dfx_keras.evaluation import classifier
+    from dfx_keras.evaluation import protocols
     from dfx_keras.data import corpus as corpus_lib
     from dfx_keras.data import pipelines
-    from dfx_keras.run import recorded_data_flags
+    from dfx_keras.workdir import Workdir
 
-    data_dir = FLAGS.data_dir or recorded_data_flags(FLAGS.workdir).get("data_dir")
-    pool = evaluation.test_data(corpus_lib.scan_corpus(data_dir, check=False))[0]
+    data_dir = FLAGS.data_dir or Workdir(FLAGS.workdir).recorded_data_flags().get("data_dir")
+    pool = protocols.test_data(corpus_lib.scan_corpus(data_dir, check=False))[0]
     samples = (pool * (FLAGS.images // len(pool) + 1))[:FLAGS.images]
     source = pipelines.folder_source(data_dir)
-    model_path = os.path.join(FLAGS.workdir, "models", "complete.keras")
+    model_path = Workdir(FLAGS.workdir).model("complete")
     model = models.load_model(model_path)
-    classifier = evaluation.keras_classifier(model, "complete", model_path)
-    size = classifier.image_size
+    model_classifier = classifier.keras_classifier(model, "complete", model_path)
+    size = model_classifier.image_size
     loops = {"reference loop (eager, batch 1)": lambda x: tf.nn.softmax(model(x, training=False)),
-             "compiled batch-1 loop": classifier.probabilities}
+             "compiled batch-1 loop": model_classifier.probabilities}
     # Warm-up: trace the compiled function for both batch shapes, fill the file cache.
-    evaluation.predict(classifier, source, samples[:FLAGS.batch_size], FLAGS.batch_size)
+    protocols.predict(model_classifier, source, samples[:FLAGS.batch_size], FLAGS.batch_size)
     for predict_one in loops.values():
         one_at_a_time(predict_one, source, samples[:2], size)
 
-    batched, batched_s = timed(lambda: evaluation.predict(classifier, source, samples, FLAGS.batch_size))
+    batched, batched_s = timed(lambda: protocols.predict(model_classifier, source, samples, FLAGS.batch_size))
     n = len(samples)
     print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, TensorFlow {tf.__version__}, "
           f"devices {[d.name for d in tf.config.list_logical_devices()]}")

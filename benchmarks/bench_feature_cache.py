@@ -1,6 +1,6 @@
 """Complete stage, 50 epochs: the head on cached features vs end to end through the base models.
 
-Runs the complete stage as train.py does (training.train_complete_model) twice on the same
+Runs the complete stage as train.py does (stages.train_complete_model) twice on the same
 three DenseNet-121 base models at 256 px (random weights: speed does not depend on them) and
 the same complete-pool images of a corpus with the real size mix: once with the feature cache
 (the default), once with --nofeature_cache. Each runs --epochs epochs; the 50-epoch time is
@@ -38,10 +38,15 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.python.profiler import model_analyzer, option_builder  # noqa: E402
 
 from benchmarks.bench_tfds_prepare import ensure_corpus  # noqa: E402
-from dfx_keras import models, training  # noqa: E402
+from dfx_keras import (
+    config,  # noqa: E402
+    models,  # noqa: E402
+)
 from dfx_keras.classes import CLASS_NAMES  # noqa: E402
 from dfx_keras.data import corpus as corpus_lib  # noqa: E402
 from dfx_keras.data import pipelines  # noqa: E402
+from dfx_keras.training import distribute, feature_cache, fit, stages  # noqa: E402
+from dfx_keras.workdir import Workdir  # noqa: E402
 
 EPOCHS_TO_EXTRAPOLATE = 50
 
@@ -55,7 +60,7 @@ class FeaturePassTimer:
     """Adds up the (wall, CPU) time spent in FeatureCache.features (the pass through the backbones)."""
 
     def __init__(self):
-        self.spent, original = np.zeros(2), training.FeatureCache.features
+        self.spent, original = np.zeros(2), feature_cache.FeatureCache.features
 
         def timed(cache, samples):
             start = clock()
@@ -64,7 +69,7 @@ class FeaturePassTimer:
             finally:
                 self.spent += clock() - start
 
-        training.FeatureCache.features = timed
+        feature_cache.FeatureCache.features = timed
 
 
 class EpochTimes(keras.callbacks.Callback):
@@ -84,7 +89,7 @@ def write_base_models(folder: str, backbone: str, image_size: int) -> None:
     os.makedirs(folder, exist_ok=True)
     for name in CLASS_NAMES:
         model_name = models.base_model_name(name)
-        training.save_model(models.build_base_model(backbone, image_size, None, name=model_name),
+        fit.save_model(models.build_base_model(backbone, image_size, None, name=model_name),
                             os.path.join(folder, f"{model_name}.keras"))
 
 
@@ -92,11 +97,11 @@ def time_complete_stage(workdir: str, base_models: str, corpus, source, args, fe
     shutil.rmtree(workdir, ignore_errors=True)
     shutil.copytree(base_models, os.path.join(workdir, "models"))
     timer = EpochTimes()
-    cfg = training.TrainConfig(workdir=workdir, backbone=args.backbone, weights=None, image_size=args.image_size,
+    cfg = config.TrainConfig(workdir=workdir, backbone=args.backbone, weights=None, image_size=args.image_size,
                                batch_size=args.batch_size, epochs=args.epochs, feature_cache=feature_cache,
                                precision=args.precision, verbose=0, extra_callbacks=[timer])
     start = clock()
-    summary = training.train_complete_model(cfg, corpus, source, training.get_strategy())
+    summary = stages.train_complete_model(cfg, corpus, source, distribute.get_strategy())
     total = clock() - start
     later = np.array(timer.times[1:])
     steady = np.array([later[:, 0].min(), statistics.median(later[:, 1])])  # fastest wall, median CPU
@@ -108,9 +113,10 @@ def time_complete_stage(workdir: str, base_models: str, corpus, source, args, fe
 
 def warm_feature_pass(workdir: str, corpus, source, args) -> np.ndarray:
     """(wall, CPU) seconds of a second pass of the cache's feature extractor over the stage's images."""
-    train, val, _ = training.complete_split(corpus, training.TrainConfig(workdir).val_fraction)
-    frozen = models.build_complete_model(*training.load_base_models(workdir))
-    cache = training.FeatureCache(workdir, frozen, source, args.image_size, args.batch_size, write=False)
+    train, val, _ = stages.complete_split(corpus, config.TrainConfig(workdir).val_fraction)
+    frozen = models.build_complete_model(*stages.load_base_models(Workdir(workdir)))
+    cache = feature_cache.FeatureCache(Workdir(workdir).features, frozen, source, args.image_size, args.batch_size,
+                                       write=False)
     cache.features(train + val)
     start = clock()
     cache.features(train + val)

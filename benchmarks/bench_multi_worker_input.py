@@ -5,7 +5,7 @@ Two worker processes on localhost run TensorFlow's MultiWorkerMirroredStrategy (
 ``strategy.experimental_distribute_dataset``, one cross-worker all-reduce per step as in
 training, but no model, so the input pipeline is all that is timed:
 
-  share : ``pipelines.image_dataset(..., share=training.worker_share(strategy))``, what
+  share : ``pipelines.image_dataset(..., share=distribute.worker_share(strategy))``, what
           train.py runs: each worker reads and decodes its slice of every global batch
   data  : the same stream without ``share`` (``AutoShardPolicy.DATA``, what train.py did
           before): every worker decodes every image and keeps its slice
@@ -39,13 +39,13 @@ def run_worker(args) -> None:
     """One worker: warm up, then time ``args.steps`` global steps; prints a JSON line."""
     import tensorflow as tf
 
-    from dfx_keras import training
+    from dfx_keras.training import distribute
     from dfx_keras.data import corpus as corpus_lib
     from dfx_keras.data import pipelines
 
-    strategy = training.get_strategy("multi_worker")
+    strategy = distribute.get_strategy("multi_worker")
     samples = corpus_lib.scan_corpus(args.corpus).samples
-    share = training.worker_share(strategy) if args.mode == "share" else None
+    share = distribute.worker_share(strategy) if args.mode == "share" else None
     ds = pipelines.image_dataset(pipelines.FolderSource(args.corpus), samples, SIZE, BATCH,
                                  targets=[s.label for s in samples], shuffle_seed=0, share=share)
     batches = iter(strategy.experimental_distribute_dataset(ds))
@@ -66,9 +66,9 @@ def run_worker(args) -> None:
 
 def one_round(corpus: str, mode: str, steps: int) -> dict:
     """Both workers of one run; global images/s (the chief's clock) and CPU ms per image (both)."""
-    from dfx_keras import training
+    from dfx_keras.training import distribute
 
-    cluster = training.localhost_cluster(2)
+    cluster = distribute.localhost_cluster(2)
     workers = [subprocess.Popen(
         [sys.executable, __file__, "--worker", f"--mode={mode}", f"--corpus={corpus}", f"--steps={steps}"],
         env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},

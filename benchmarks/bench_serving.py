@@ -37,7 +37,9 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import dfx_keras  # noqa: E402
-from dfx_keras import export, models  # noqa: E402
+from dfx_keras import models  # noqa: E402
+from dfx_keras.serving import export  # noqa: E402
+from dfx_keras.serving import module as serving_module  # noqa: E402
 from dfx_keras.data import pipelines  # noqa: E402
 
 flags.DEFINE_string("backbone", "tiny", "Backbone of the three base models when no --model is given.")
@@ -85,11 +87,11 @@ def paths(model, signatures, pngs: list[bytes], image_size: int) -> dict:
 
     def sm_bytes(indices):
         encoded = tf.constant([pngs[i] for i in indices])
-        return signatures[export.SIGNATURE_BYTES](image_bytes=encoded)["probabilities"].numpy()
+        return signatures[serving_module.SIGNATURE_BYTES](image_bytes=encoded)["probabilities"].numpy()
 
     def sm_images(indices):
         images = tf.stack([resized[i] for i in indices])
-        return signatures[export.SIGNATURE_IMAGES](images=images)["probabilities"].numpy()
+        return signatures[serving_module.SIGNATURE_IMAGES](images=images)["probabilities"].numpy()
 
     return {"keras predict": keras_predict, "keras tf.function": keras_function, "sm bytes": sm_bytes,
             "sm images": sm_images}

@@ -1,6 +1,6 @@
 """Base-model training step images/s: float32 vs XLA vs mixed precision, as train.py compiles it.
 
-A DenseNet-121 base model at 256 px (random weights), compiled by training.compile_model
+A DenseNet-121 base model at 256 px (random weights), compiled by fit.compile_model
 (coupled-L2 Adam, cross-entropy on float32 logits) under each setting, trains on synthetic
 batches of --batch_size images per replica: --warmup steps (tracing, XLA compilation), then
 --steps timed steps.
@@ -8,7 +8,7 @@ batches of --batch_size images per replica: --warmup steps (tracing, XLA compila
   CPU (no GPU visible): float32, float32 + XLA, mixed_bfloat16, mixed_bfloat16 + XLA.
   GPU: MirroredStrategy over all visible GPUs (global batch = batch_size x GPUs): float32,
        mixed_float16, mixed_float16 + XLA (Keras 3 drops XLA on several GPUs, see
-       training.jit_compile; on one GPU it applies).
+       fit.jit_compile; on one GPU it applies).
 
     python benchmarks/bench_train_step.py [--batch_size=16] [--steps=5] [--warmup=2]
 """
@@ -26,7 +26,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
-from dfx_keras import models, training  # noqa: E402
+from dfx_keras import (
+    config,  # noqa: E402
+    models,  # noqa: E402
+)
+from dfx_keras.training import distribute, fit  # noqa: E402
 
 CPU_SETTINGS = (("float32", False), ("float32", True), ("mixed_bfloat16", False), ("mixed_bfloat16", True))
 GPU_SETTINGS = (("float32", False), ("mixed_float16", False), ("mixed_float16", True))
@@ -39,11 +43,11 @@ def synthetic_batches(batch_size: int, image_size: int) -> tf.data.Dataset:
 
 
 def images_per_second(args, strategy: tf.distribute.Strategy, precision: str, jit: bool) -> float:
-    cfg = training.TrainConfig(workdir="", backbone=args.backbone, weights=None, image_size=args.image_size,
+    cfg = config.TrainConfig(workdir="", backbone=args.backbone, weights=None, image_size=args.image_size,
                                precision=precision, jit_compile=jit)
     replicas = strategy.num_replicas_in_sync
-    with strategy.scope(), training.dtype_policy(precision):
-        model = training.compile_model(models.build_base_model(args.backbone, args.image_size, None), cfg, replicas)
+    with strategy.scope(), fit.dtype_policy(precision):
+        model = fit.compile_model(models.build_base_model(args.backbone, args.image_size, None), cfg, replicas)
     data = synthetic_batches(args.batch_size * replicas, args.image_size)
     model.fit(data, steps_per_epoch=args.warmup, epochs=1, verbose=0)
     start = time.perf_counter()
@@ -60,7 +64,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     gpus = tf.config.list_logical_devices("GPU")
-    strategy = training.get_strategy("mirrored") if gpus else tf.distribute.get_strategy()
+    strategy = distribute.get_strategy("mirrored") if gpus else tf.distribute.get_strategy()
     settings = GPU_SETTINGS if gpus else CPU_SETTINGS
     device = f"{len(gpus)} GPU(s), MirroredStrategy" if gpus else f"CPU ({os.cpu_count()} cores)"
     print(f"{args.backbone} {args.image_size}px, batch {args.batch_size} per replica, {device}; "

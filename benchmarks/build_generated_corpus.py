@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-from dfx_keras.quiet import quiet_tensorflow  # noqa: E402
+from dfx_keras.cli.quiet import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Sequence
 
 import numpy as np
 
-from dfx_keras import durable
+from dfx_keras.workdir import atomic_write, calibration_path, file_sha256
 
 # A separable validation set drives the NLL-optimal T towards 0 (every score 0 or 1); a
 # degenerate one towards infinity. Bounded, T keeps its meaning.
@@ -123,7 +124,7 @@ def calibration_block(logits: np.ndarray, labels: Sequence[int], temperature: fl
 
 def write(path: str, calibration: dict) -> None:
     """Write a calibration (temperature, thresholds, what they were fitted on) atomically."""
-    durable.atomic_write(path, json.dumps(calibration, indent=2, allow_nan=False) + "\n")
+    atomic_write(path, json.dumps(calibration, indent=2, allow_nan=False) + "\n")
 
 
 def read(path: str, model_sha256: str | None = None) -> dict | None:
@@ -137,3 +138,10 @@ def read(path: str, model_sha256: str | None = None) -> dict | None:
     if model_sha256 is not None and calibration.get("model_sha256") != model_sha256:
         return None
     return calibration
+
+
+def calibration_of(model_path: str) -> dict | None:
+    """The calibration fitted to this very ``.keras`` file, or None (none fitted, or fitted to a
+    file since replaced, or fitted to another model of the folder such as the baseline)."""
+    path = calibration_path(model_path)
+    return read(path, file_sha256(model_path)) if os.path.exists(path) else None

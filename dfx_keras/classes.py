@@ -18,3 +18,13 @@ def class_id(name: str) -> int:
         return CLASS_NAMES.index(name)
     except ValueError:
         raise ValueError(f"unknown class {name!r}; expected one of {', '.join(CLASS_NAMES)}") from None
+
+
+def base_model_name(main_class: str) -> str:
+    """``bm_dm``, ``bm_gan`` or ``bm_real``: the model, file and stage name of a base model."""
+    return f"bm_{SHORT_NAMES[main_class]}"
+
+
+def fake_score(probabilities):
+    """``1 - p(real)``: how fake an image looks, for (..., 3) probabilities (NumPy or TensorFlow)."""
+    return 1.0 - probabilities[..., REAL]

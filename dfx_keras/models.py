@@ -11,7 +11,7 @@ import keras
 from keras import layers
 
 from dfx_keras import backbones
-from dfx_keras.classes import NUM_CLASSES, SHORT_NAMES
+from dfx_keras.classes import NUM_CLASSES, base_model_name  # noqa: F401  models.base_model_name names the Keras models
 
 FEATURES_LAYER = "features"
 LOGITS_LAYER = "logits"
@@ -24,11 +24,6 @@ HEAD_CONVS = ((16, 7, 2), (64, 5, 2), (256, 3, 1), (512, 3, 1), (1024, 3, 1))
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 # How the frozen base models' BatchNorm runs while the complete model trains (set_frozen_batchnorm).
 FROZEN_BN_MODES = ("inference", "reference")
-
-
-def base_model_name(main_class: str) -> str:
-    """``bm_dm``, ``bm_gan`` or ``bm_real``: the model and file name of a base model."""
-    return f"bm_{SHORT_NAMES[main_class]}"
 
 
 def _image_to_features(backbone: str, image_size: int | None, weights: str | None, bn_momentum: float):
@@ -216,7 +211,7 @@ def load_model(path: str) -> keras.Model:
     """Load a ``.keras`` file of this project with ``safe_mode=True`` (no Lambda, no pickles).
 
     Uncompiled: loaded models are frozen parts, evaluated or exported, never trained further
-    (interrupted training resumes from its ``stage_backup`` state). Compiling a
+    (interrupted training resumes from its ``training.backup`` state). Compiling a
     ``mixed_float16`` model rebuilds its loss-scale optimizer as a plain one and warns that it
     skipped the saved optimizer's variables.
     """

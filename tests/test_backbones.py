@@ -21,7 +21,11 @@ import tensorflow as tf
 from safetensors.numpy import save_file
 
 from conftest import make_corpus
-from dfx_keras import backbones, export, models, torchvision_weights, training
+from dfx_keras import backbones, models, torchvision_weights
+from dfx_keras.config import TrainConfig
+from dfx_keras.serving import export
+from dfx_keras.serving.module import SIGNATURE_IMAGES
+from dfx_keras.training import distribute, stages
 from dfx_keras.architectures import densenet, resnet, vit
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
@@ -310,11 +314,11 @@ def test_each_family_trains_mirrored_saves_loads_safely_and_exports(corpus16, tm
     spec = backbones.BackboneSpec(f"{family}_small", 0, 64, (layout,), bn_epsilon)
     monkeypatch.setitem(backbones.BACKBONES, spec.name, spec)
     corpus, source = corpus16
-    cfg = training.TrainConfig(workdir=str(tmp_path / "w"), backbone=spec.name, weights=None, image_size=64,
-                               batch_size=8, epochs=1, verbose=0, bn_momentum=0.95)
-    summary = training.train_baseline(cfg, corpus, source, training.get_strategy("mirrored"))
+    cfg = TrainConfig(workdir=str(tmp_path / "w"), backbone=spec.name, weights=None, image_size=64,
+                      batch_size=8, epochs=1, verbose=0, bn_momentum=0.95)
+    summary = stages.train_baseline(cfg, corpus, source, distribute.get_strategy("mirrored"))
     assert summary["epochs"] == 1 and np.isfinite(summary["val_loss"])
-    loaded = models.load_model(cfg.path("models", "baseline.keras"))
+    loaded = models.load_model(cfg.wd.model("baseline"))
     assert loaded.get_layer("preprocessing").mode == "torch"
     assert backbones.feature_map(loaded.get_layer(spec.name)).name == feature_map
     batchnorms = [bn for bn in backbones.nested_layers(loaded) if isinstance(bn, keras.layers.BatchNormalization)]
@@ -323,5 +327,5 @@ def test_each_family_trains_mirrored_saves_loads_safely_and_exports(corpus16, tm
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)), tf.float32)
     expected = tf.nn.softmax(loaded(images, training=False)).numpy()
     exported = export.export_saved_model(loaded, str(tmp_path / "export"))
-    served = tf.saved_model.load(exported).signatures[export.SIGNATURE_IMAGES](images=images)
+    served = tf.saved_model.load(exported).signatures[SIGNATURE_IMAGES](images=images)
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)

@@ -75,6 +75,7 @@ def test_bn_momentum_overrides_and_saved_models_keep_the_settings(tmp_path, name
     assert {(bn.momentum, bn.epsilon) for bn in loaded} == {(0.95, _expected_epsilon(name))}
 
 
+@pytest.mark.upstream
 def test_keras_skips_freezing_a_model_that_is_already_frozen():
     """Pins the TensorFlow-backend behaviour ``models.set_frozen_batchnorm`` works around:
     ``model.trainable = False`` on a frozen model is dropped as a no-op assignment (Keras'
@@ -148,6 +149,7 @@ def _demo_arrays(root, image_size, main_class):
     return arrays(train), arrays(val)
 
 
+@pytest.mark.upstream
 @pytest.mark.slow
 def test_keras_default_momentum_leaves_a_from_scratch_model_predicting_one_class(tmp_path):
     """The trap of DESIGN.md 1.2, pinned: a keras.applications backbone (MobileNet, the cheapest

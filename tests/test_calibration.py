@@ -1,12 +1,14 @@
 """Temperature scaling and ECE (dfx_keras.calibration), the thresholds chosen by false-positive
-rate (dfx_keras.thresholds) and the fit that ties them to a model (dfx_keras.calibrate)."""
+rate (dfx_keras.thresholds) and the fit that ties them to a model (dfx_keras.evaluation.calibrate)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from dfx_keras import calibrate, calibration, thresholds
+from dfx_keras import calibration, thresholds
+from dfx_keras.evaluation import calibrate
+from dfx_keras.workdir import calibration_path, file_sha256
 
 
 def sampled_logits(temperature, n=20000, seed=0):
@@ -150,13 +152,12 @@ def test_fit_chooses_thresholds_on_calibrated_validation_reals_and_is_tied_to_th
     assert fitted["thresholds"]["fpr_0.05"]["fpr"] <= 0.05 and fitted["val_ece_after"] < fitted["val_ece_before"]
     model = tmp_path / "complete.keras"
     model.write_bytes(b"model")
-    from dfx_keras.export import file_sha256
 
-    calibration.write(calibrate.calibration_path(str(model)), {**fitted, "model_sha256": file_sha256(str(model))})
-    assert calibrate.calibration_of(str(model))["temperature"] == fitted["temperature"]
+    calibration.write(calibration_path(str(model)), {**fitted, "model_sha256": file_sha256(str(model))})
+    assert calibration.calibration_of(str(model))["temperature"] == fitted["temperature"]
     assert json.loads((tmp_path / "calibration.json").read_text())["model_sha256"] == file_sha256(str(model))
     model.write_bytes(b"retrained")
-    assert calibrate.calibration_of(str(model)) is None  # stale
+    assert calibration.calibration_of(str(model)) is None  # stale
 
 
 def test_a_validation_split_without_real_images_keeps_its_temperature_and_says_why_no_thresholds():

@@ -251,7 +251,7 @@ def test_special_files_named_like_images_are_never_read(tmp_path):
 
 
 def test_one_decompression_bomb_limit_for_the_scan_and_the_serving_signature(tmp_path):
-    from dfx_keras import export
+    from dfx_keras.serving import module as serving_module
 
     root = make_corpus(tmp_path / "c", per_folder=2)
     (tmp_path / "c" / "real" / "CelebA" / "bomb.png").write_bytes(png_declaring(16000, 16000))  # 256 MP, CRCs right
@@ -259,7 +259,7 @@ def test_one_decompression_bomb_limit_for_the_scan_and_the_serving_signature(tmp
     reasons = dict(c.scan_corpus(root).skipped)
     assert list(reasons) == ["real/CelebA/bomb.png"]  # Pillow's own guard let it through (it stops at 537 MP)
     assert "16000x16000 image: 256000000 pixels, over the max_pixels limit of 100000000" in reasons["real/CelebA/bomb.png"]
-    assert export.DEFAULT_MAX_PIXELS == c.DEFAULT_MAX_PIXELS == 100_000_000
+    assert serving_module.DEFAULT_MAX_PIXELS == c.DEFAULT_MAX_PIXELS == 100_000_000
     tight = c.scan_corpus(root, max_pixels=5000)  # --max_pixels: the 100x100 image is over it, 40x48 ones are not
     assert sorted(dict(tight.skipped)) == ["real/CelebA/big.png", "real/CelebA/bomb.png"]
     assert len(tight.samples) == 12

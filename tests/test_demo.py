@@ -148,7 +148,7 @@ def test_scan_corpus_reads_everything(demo_root):
 
 def _cli(*args):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "dfx_keras.demo_data", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "dfx_keras.cli", "demo_corpus", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

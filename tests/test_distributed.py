@@ -14,11 +14,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import make_corpus
-from dfx_keras import configs, models, training
+
+from dfx_keras import config, configs, models
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
+from dfx_keras.training import distribute, fit, stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(backbone="tiny", weights=None, image_size=32, batch_size=12, verbose=0)
@@ -29,7 +30,7 @@ PER_FOLDER = 32
 
 
 def _curve(cfg, name):
-    with open(cfg.path("logs", f"{name}.csv"), newline="") as f:
+    with open(cfg.wd.path("logs", f"{name}.csv"), newline="") as f:
         return np.array([[float(r["loss"]), float(r["val_loss"])] for r in csv.DictReader(f)])
 
 
@@ -45,18 +46,18 @@ def test_two_replicas_follow_the_one_device_loss_curve(tmp_path, corpus32):
     replicas as on 1 device, to 1e-3 relative (float sums in another order, BatchNorm
     statistics all-reduced). Without synchronized BatchNorm they drift apart by ~10%."""
     corpus, source = corpus32
-    bases = training.TrainConfig(workdir=str(tmp_path / "bases"), epochs=1, **TINY)
+    bases = config.TrainConfig(workdir=str(tmp_path / "bases"), epochs=1, **TINY)
     for name in ("dm_generated", "gan_generated", "real"):
-        training.train_base_model(bases, corpus, source, name, training.get_strategy("one_device"))
+        stages.train_base_model(bases, corpus, source, name, distribute.get_strategy("one_device"))
     curves = {}
     for strategy in ("one_device", "mirrored"):
-        cfg = training.TrainConfig(workdir=str(tmp_path / strategy), epochs=3, **TINY)
-        dist = training.get_strategy(strategy)
-        training.train_base_model(cfg, corpus, source, "real", dist)
+        cfg = config.TrainConfig(workdir=str(tmp_path / strategy), epochs=3, **TINY)
+        dist = distribute.get_strategy(strategy)
+        stages.train_base_model(cfg, corpus, source, "real", dist)
         base_curve = _curve(cfg, "bm_real")
-        shutil.rmtree(cfg.path("models"))
-        shutil.copytree(bases.path("models"), cfg.path("models"))  # the same frozen base models for both
-        training.train_complete_model(cfg, corpus, source, dist)
+        shutil.rmtree(cfg.wd.path("models"))
+        shutil.copytree(bases.wd.path("models"), cfg.wd.path("models"))  # the same frozen base models for both
+        stages.train_complete_model(cfg, corpus, source, dist)
         curves[dist.num_replicas_in_sync] = base_curve, _curve(cfg, "complete")
     for one, two in zip(curves[1], curves[2]):
         assert one.shape == (3, 2)
@@ -64,9 +65,9 @@ def test_two_replicas_follow_the_one_device_loss_curve(tmp_path, corpus32):
 
 
 def test_the_global_batch_must_split_evenly_across_replicas():
-    with pytest.raises(training.SettingsError, match="multiple of the 2 replicas"):
-        training.check_batch_size(7, training.get_strategy("mirrored"))
-    training.check_batch_size(8, training.get_strategy("mirrored"))
+    with pytest.raises(distribute.SettingsError, match="multiple of the 2 replicas"):
+        distribute.check_batch_size(7, distribute.get_strategy("mirrored"))
+    distribute.check_batch_size(8, distribute.get_strategy("mirrored"))
 
 
 def _flag_lines(name):
@@ -85,7 +86,7 @@ def test_fast_flagfile_is_the_paper_recipe_with_mixed_float16_and_xla(tmp_path):
 
 def _distributed_fit(dataset, strategy):
     with strategy.scope():
-        model = training.compile_model(models.build_base_model("tiny", 32, None), training.TrainConfig(workdir=""))
+        model = fit.compile_model(models.build_base_model("tiny", 32, None), config.TrainConfig(workdir=""))
     model.fit(dataset, epochs=1, verbose=0)
 
 
@@ -93,35 +94,38 @@ def _images(n):
     return tf.data.Dataset.from_tensor_slices((tf.random.uniform([n, 32, 32, 3], 0, 255), tf.range(n) % 2)).batch(8)
 
 
+@pytest.mark.upstream
 @pytest.mark.parametrize("n", [3, 17])
 def test_uneven_replica_slices_still_break_keras_so_batches_are_trimmed(n):
     """3 images (< one global batch): Keras 3 builds the model by averaging the first batch's
     slices, [2] and [1] (keras-team/keras#19246). 17: the last batch of 1 leaves replica 2 an
     empty slice, which oneDNN's CPU convolution rejects. ``whole_replica_batches`` cuts each
     batch to a multiple of the replica count."""
-    strategy = training.get_strategy("mirrored")
+    strategy = distribute.get_strategy("mirrored")
     if n == 3 or os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
         with pytest.raises(tf.errors.InvalidArgumentError):
             _distributed_fit(_images(n), strategy)
-    trimmed = training.whole_replica_batches(_images(n), 2)
+    trimmed = distribute.whole_replica_batches(_images(n), 2)
     assert [len(labels) for _, labels in trimmed] == {3: [2], 17: [8, 8]}[n]
     _distributed_fit(trimmed, strategy)
 
 
+@pytest.mark.upstream
 def test_xla_under_tf_distribute_still_fails_in_keras_so_it_is_dropped(tmp_path):
     """keras-team/keras#19005: a jit-compiled step under MirroredStrategy reads replica 2's
     variables from device 1. Keras' own "auto" keeps XLA off there; so does ``jit_compile``."""
-    strategy = training.get_strategy("mirrored")
+    strategy = distribute.get_strategy("mirrored")
     with strategy.scope():
         model = models.build_base_model("tiny", 32, None)
         model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       jit_compile=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="different_device"):
         model.fit(_images(16), epochs=1, verbose=0)
-    cfg = training.TrainConfig(workdir=str(tmp_path), jit_compile=True)
-    assert training.jit_compile(cfg, replicas=2) is False and training.jit_compile(cfg, replicas=1) is True
+    cfg = config.TrainConfig(workdir=str(tmp_path), jit_compile=True)
+    assert fit.jit_compile(cfg, replicas=2) is False and fit.jit_compile(cfg, replicas=1) is True
 
 
+@pytest.mark.upstream
 def test_keras_advances_the_optimizer_past_the_end_of_an_unknown_length_epoch():
     """Keras 3 ends an epoch of unknown length (filter, ignore_errors) by probing past its end,
     and the probe bumps the optimizer's step counter (Adam's bias correction) without an update:
@@ -160,13 +164,14 @@ for width in (3, 5):
 """
 
 
+@pytest.mark.upstream
 def test_a_second_mirrored_strategy_in_a_process_aborts_so_there_is_one_per_process():
     """Every MirroredStrategy numbers its collective ops from the same keys: the second one's
     all-reduces meet the first one's ("Shape mismatch in the collective instance")."""
     result = subprocess.run([sys.executable, "-c", TWO_MIRRORED_STRATEGIES], capture_output=True, text=True,
                             timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode != 0 and "Shape mismatch in the collective instance" in result.stderr
-    assert training.get_strategy("mirrored") is training.get_strategy("mirrored")
+    assert distribute.get_strategy("mirrored") is distribute.get_strategy("mirrored")
 
 
 @pytest.mark.slow
@@ -176,16 +181,16 @@ def test_mixed_precision_trains_with_float32_logits_and_loss(tmp_path, corpus32,
     the convolutions compute in 16 bits, logits and loss stay float32, the cached features
     are float32, and the global policy is float32 again afterwards."""
     corpus, source = corpus32
-    cfg = training.TrainConfig(workdir=str(tmp_path), epochs=1, precision=precision, **TINY)
-    strategy = training.get_strategy("one_device")
+    cfg = config.TrainConfig(workdir=str(tmp_path), epochs=1, precision=precision, **TINY)
+    strategy = distribute.get_strategy("one_device")
     for name in ("dm_generated", "gan_generated", "real"):
-        assert np.isfinite(training.train_base_model(cfg, corpus, source, name, strategy)["val_loss"])
-    assert np.isfinite(training.train_complete_model(cfg, corpus, source, strategy)["val_loss"])
+        assert np.isfinite(stages.train_base_model(cfg, corpus, source, name, strategy)["val_loss"])
+    assert np.isfinite(stages.train_complete_model(cfg, corpus, source, strategy)["val_loss"])
     assert keras.mixed_precision.global_policy().name == "float32"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        keras.models.load_model(cfg.path("models", "bm_dm.keras"))  # compiled, as Keras does by default
-        complete = models.load_model(cfg.path("models", "complete.keras"))
+        keras.models.load_model(cfg.wd.path("models", "bm_dm.keras"))  # compiled, as Keras does by default
+        complete = models.load_model(cfg.wd.path("models", "complete.keras"))
     skipped = [str(w.message) for w in caught if "Skipping variable loading for optimizer" in str(w.message)]
     assert len(skipped) == (precision == "mixed_float16")  # Keras' surprise; models.load_model avoids it
     conv = models.head_of(complete).get_layer("conv1")
@@ -195,15 +200,15 @@ def test_mixed_precision_trains_with_float32_logits_and_loss(tmp_path, corpus32,
     logits = complete(images)
     assert logits.dtype == tf.float32
     assert keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits).dtype == tf.float32
-    features = [f for f in os.listdir(cfg.path("features")) if f.endswith(".npz")]
-    assert features and all(np.load(cfg.path("features", f))["features"].dtype == np.float32 for f in features)
+    features = [f for f in os.listdir(cfg.wd.path("features")) if f.endswith(".npz")]
+    assert features and all(np.load(cfg.wd.path("features", f))["features"].dtype == np.float32 for f in features)
 
 
 @pytest.mark.slow
 def test_jit_compile_trains_a_stage_on_one_device(tmp_path, corpus32):
     corpus, source = corpus32
-    cfg = training.TrainConfig(workdir=str(tmp_path), epochs=1, jit_compile=True, **TINY)
-    assert np.isfinite(training.train_base_model(cfg, corpus, source, "real", training.get_strategy())["val_loss"])
+    cfg = config.TrainConfig(workdir=str(tmp_path), epochs=1, jit_compile=True, **TINY)
+    assert np.isfinite(stages.train_base_model(cfg, corpus, source, "real", distribute.get_strategy())["val_loss"])
 
 
 @pytest.mark.slow
@@ -215,7 +220,7 @@ def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_pa
     one-device loss."""
     corpus, source = corpus32
     work = tmp_path / "work"
-    cluster = training.localhost_cluster(2)
+    cluster = distribute.localhost_cluster(2)
     workers = []
     for index in range(2):
         scratch = tmp_path / f"tmp{index}"
@@ -240,9 +245,9 @@ def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_pa
     assert "SavedModel" in outputs[0][0] and "SavedModel" not in outputs[1][0]
     assert not list((tmp_path / "tmp1").iterdir())  # the non-chief's scratch files are deleted
     assert not [p.name for p in work.rglob("*") if "tmp" in p.name]  # no half-written or racing files
-    alone = training.TrainConfig(workdir=str(tmp_path / "alone"), epochs=1, **TINY)
-    training.train_base_model(alone, corpus, source, "real", training.get_strategy("one_device"))
-    np.testing.assert_allclose(_curve(training.TrainConfig(workdir=str(work)), "bm_real"), _curve(alone, "bm_real"),
+    alone = config.TrainConfig(workdir=str(tmp_path / "alone"), epochs=1, **TINY)
+    stages.train_base_model(alone, corpus, source, "real", distribute.get_strategy("one_device"))
+    np.testing.assert_allclose(_curve(config.TrainConfig(workdir=str(work)), "bm_real"), _curve(alone, "bm_real"),
                                rtol=1e-3)
 
 
@@ -255,4 +260,4 @@ def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_pa
 def test_each_worker_gets_its_own_share_numbered_chief_first(cluster, task, expected):
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1])
-    assert training.cluster_share(resolver) == expected
+    assert distribute.cluster_share(resolver) == expected

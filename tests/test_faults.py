@@ -21,9 +21,10 @@ import time
 import keras
 import pytest
 import tensorflow as tf
-
 from conftest import make_corpus
-from dfx_keras import export, run, training
+
+from dfx_keras import config, run
+from dfx_keras.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone=tiny", "--weights=none", "--image_size=32", "--batch_size=8", "--stage=base",
@@ -66,14 +67,14 @@ keras.callbacks.CSVLogger.on_epoch_end = wait
 """
 SCRIPT = """
 import os, signal, sys, time
-from dfx_keras.quiet import quiet_tensorflow
+from dfx_keras.cli.quiet import quiet_tensorflow
 quiet_tensorflow()  # first, as train.py does: our warnings reach stderr, TensorFlow's noise does not
 import keras
 {constants}
 {patch}
 sys.argv = ["train.py", *{args!r}]
-from dfx_keras import train_cli
-train_cli.entry_point()
+from dfx_keras.cli import run
+run("train")
 """
 
 
@@ -94,13 +95,13 @@ def _epochs(csv_path):
 
 def _config(work, epochs, **kwargs):
     """The TrainConfig that ``TINY`` and ``--epochs`` make train.py build."""
-    return training.TrainConfig(workdir=work, backbone="tiny", weights=None, image_size=32, batch_size=8,
+    return config.TrainConfig(workdir=work, backbone="tiny", weights=None, image_size=32, batch_size=8,
                                 epochs=epochs, **kwargs)
 
 
 def _rerun(work, data, epochs):
     """What rerunning the train.py command does, in this process (cheaper than a new one)."""
-    return run.train(_config(work, epochs), data, stage="base", main_class="real", evaluate=False)
+    return run.train(_config(work, epochs), config.TrainPlan(data, stage="base", main_class="real", evaluate=False))
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +155,8 @@ def interrupted(corpus_dir, tmp_path_factory):
     """A workdir whose stage was interrupted after its last epoch, before its model was saved."""
     work = str(tmp_path_factory.mktemp("interrupted") / "work")
     with pytest.raises(Interrupted):
-        run.train(_config(work, 2, extra_callbacks=[Interrupt()]), corpus_dir, stage="base", main_class="real",
-                  evaluate=False)
+        run.train(_config(work, 2, extra_callbacks=[Interrupt()]),
+                  config.TrainPlan(corpus_dir, stage="base", main_class="real", evaluate=False))
     assert os.listdir(f"{work}/backup/bm_real") and not os.path.exists(f"{work}/models/bm_real.keras")
     return work
 
@@ -229,8 +230,8 @@ def save(obj, export_dir, *args, **kwargs):  # killed as it starts writing the S
     os.kill(os.getpid(), signal.SIGKILL)
 tf.saved_model.save = save
 sys.argv = ["export", *{args!r}]
-from dfx_keras import export
-export.entry_point()
+from dfx_keras.cli import run
+run("export")
 """
 
 

@@ -5,11 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import make_corpus
-from dfx_keras import models, run, training
+
+from dfx_keras import config, models, run
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
+from dfx_keras.training import distribute, feature_cache, fit, stages
+from dfx_keras.workdir import Workdir
 
 TINY = dict(backbone="tiny", weights=None, image_size=32, batch_size=12, verbose=0)
 
@@ -19,18 +21,18 @@ def trained_bases(tmp_path_factory):
     """A corpus and three tiny base models trained on it (one epoch)."""
     root = make_corpus(tmp_path_factory.mktemp("corpus"), per_folder=24)
     corpus, source = corpus_lib.scan_corpus(root), pipelines.FolderSource(root)
-    cfg = training.TrainConfig(workdir=str(tmp_path_factory.mktemp("bases")), epochs=1, **TINY)
+    cfg = config.TrainConfig(workdir=str(tmp_path_factory.mktemp("bases")), epochs=1, **TINY)
     for name in ("dm_generated", "gan_generated", "real"):
-        training.train_base_model(cfg, corpus, source, name, training.get_strategy())
-    return corpus, source, cfg.path("models")
+        stages.train_base_model(cfg, corpus, source, name, distribute.get_strategy())
+    return corpus, source, cfg.wd.path("models")
 
 
 def _complete(tmp_path, trained_bases, name, **overrides):
     corpus, source, base_models = trained_bases
-    cfg = training.TrainConfig(workdir=str(tmp_path / name), **{"epochs": 2, **TINY, **overrides})
-    if not os.path.isdir(cfg.path("models")):
-        shutil.copytree(base_models, cfg.path("models"))
-    training.train_complete_model(cfg, corpus, source, training.get_strategy())
+    cfg = config.TrainConfig(workdir=str(tmp_path / name), **{"epochs": 2, **TINY, **overrides})
+    if not os.path.isdir(cfg.wd.path("models")):
+        shutil.copytree(base_models, cfg.wd.path("models"))
+    stages.train_complete_model(cfg, corpus, source, distribute.get_strategy())
     return cfg
 
 
@@ -40,8 +42,8 @@ def test_cached_features_and_end_to_end_training_give_the_same_head(tmp_path, tr
     and two epochs through the frozen base models end with the same head, to float rounding."""
     cached = _complete(tmp_path, trained_bases, "cached")
     end_to_end = _complete(tmp_path, trained_bases, "end_to_end", feature_cache=False)
-    assert os.listdir(cached.path("features")) and not os.path.exists(end_to_end.path("features"))
-    heads = [models.head_of(models.load_model(cfg.path("models", "complete.keras"))) for cfg in (cached, end_to_end)]
+    assert os.listdir(cached.wd.features) and not os.path.exists(end_to_end.wd.features)
+    heads = [models.head_of(models.load_model(cfg.wd.path("models", "complete.keras"))) for cfg in (cached, end_to_end)]
     for a, b in zip(*(head.weights for head in heads)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)  # bit-identical here
 
@@ -49,16 +51,16 @@ def test_cached_features_and_end_to_end_training_give_the_same_head(tmp_path, tr
 @pytest.mark.slow
 def test_features_are_computed_once_and_a_retrained_base_model_is_not_served_stale_ones(tmp_path, trained_bases):
     cfg = _complete(tmp_path, trained_bases, "work", epochs=1)
-    files = {f: os.path.getmtime(cfg.path("features", f)) for f in os.listdir(cfg.path("features"))}
+    files = {f: os.path.getmtime(cfg.wd.path("features", f)) for f in os.listdir(cfg.wd.path("features"))}
     assert len(files) == 2  # training and validation images
     _complete(tmp_path, trained_bases, "work", epochs=1, overwrite=True)
-    assert {f: os.path.getmtime(cfg.path("features", f)) for f in os.listdir(cfg.path("features"))} == files
-    bm_dm = models.load_model(cfg.path("models", "bm_dm.keras"))
+    assert {f: os.path.getmtime(cfg.wd.path("features", f)) for f in os.listdir(cfg.wd.path("features"))} == files
+    bm_dm = models.load_model(cfg.wd.path("models", "bm_dm.keras"))
     first_conv = bm_dm.get_layer("tiny").layers[1]
     first_conv.kernel.assign(first_conv.kernel * 1.01)  # as if retrained: other features
-    training.save_model(bm_dm, cfg.path("models", "bm_dm.keras"))
+    fit.save_model(bm_dm, cfg.wd.path("models", "bm_dm.keras"))
     _complete(tmp_path, trained_bases, "work", epochs=1, overwrite=True)
-    assert len(os.listdir(cfg.path("features"))) == 4
+    assert len(os.listdir(cfg.wd.path("features"))) == 4
 
 
 @pytest.mark.slow
@@ -69,10 +71,10 @@ def test_the_feature_pass_splits_batches_across_replicas_and_loses_no_image(tmp_
     corpus, source, base_models = trained_bases
     samples = corpus.samples[:11]
     passes = []
-    for strategy in (training.get_strategy(), training.get_strategy("mirrored")):
+    for strategy in (distribute.get_strategy(), distribute.get_strategy("mirrored")):
         with strategy.scope():
-            frozen = models.build_complete_model(*training.load_base_models(os.path.dirname(base_models)))
-        cache = training.FeatureCache(str(tmp_path), frozen, source, 32, 4, strategy=strategy, write=False)
+            frozen = models.build_complete_model(*stages.load_base_models(Workdir(os.path.dirname(base_models))))
+        cache = feature_cache.FeatureCache(str(tmp_path), frozen, source, 32, 4, strategy=strategy, write=False)
         passes.append(cache.features(samples))
     (one, one_paths), (two, two_paths) = passes
     assert one.shape == (11, *one.shape[1:]) and one_paths == two_paths == [s.path for s in samples]
@@ -85,9 +87,9 @@ def test_reference_frozen_bn_moves_the_base_models_statistics_not_their_weights(
     frozen base models' BatchNorm in training mode; complete.keras then holds running statistics
     that differ from models/bm_*.keras, and every other base-model weight equal to theirs."""
     cfg = _complete(tmp_path, trained_bases, "reference", epochs=1, frozen_bn="reference")
-    assert not os.path.exists(cfg.path("features"))
-    complete = models.load_model(cfg.path("models", "complete.keras"))
-    bases = training.load_base_models(cfg.workdir)
+    assert not os.path.exists(cfg.wd.path("features"))
+    complete = models.load_model(cfg.wd.path("models", "complete.keras"))
+    bases = stages.load_base_models(cfg.wd)
     moved = kept = 0
     for extractor, base in zip(models.base_feature_extractors(complete), bases):
         assert extractor.name == f"{base.name}_features"
@@ -98,6 +100,6 @@ def test_reference_frozen_bn_moves_the_base_models_statistics_not_their_weights(
                 np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
                 kept += 1
     assert moved == 3 * 3 * 2 and kept > 0  # 3 base models x 3 BatchNorm layers x (mean, variance)
-    assert training.stage_summaries(cfg.workdir)["complete"]["frozen_bn"] == "reference"
+    assert cfg.wd.stage_summaries()["complete"]["frozen_bn"] == "reference"
     corpus, source, _ = trained_bases
     assert run.evaluate_raw(cfg, corpus, source)["raw"]["three_class"]["n"] > 0

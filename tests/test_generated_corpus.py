@@ -19,7 +19,7 @@ from PIL import Image
 from benchmarks.generated_corpus import build as build_lib
 from benchmarks.generated_corpus import photos as photos_lib
 from conftest import REPO
-from dfx_keras import evaluation
+from dfx_keras.evaluation import protocols
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data import corpus as corpus_lib
 
@@ -69,13 +69,13 @@ def test_layout_and_counts_are_what_train_and_evaluate_read(two_builds):
     assert len({f.name for f in trained if f.label == "gan_generated"}) >= 3
     assert len({f.name for f in trained if f.label == "dm_generated"}) >= 3
 
-    sets = evaluation.generalization_sets(os.path.join(root, "heldout"))
+    sets = protocols.generalization_sets(os.path.join(root, "heldout"))
     held = [f for f in build_lib.FAMILIES if f.held_back]
     assert sorted(sets) == sorted(f.name for f in held)
     assert {f.label for f in held} == {"gan_generated", "dm_generated"}
     for name, samples in sets.items():
         labels = [s.label for s in samples]
-        real, fake = (evaluation.GENERALIZATION_FOLDERS[f] for f in ("0_real", "1_fake"))
+        real, fake = (protocols.GENERALIZATION_FOLDERS[f] for f in ("0_real", "1_fake"))
         assert labels.count(real) == TINY.heldout_real and labels.count(fake) == TINY.heldout_fake, name
 
     summary = json.load(open(os.path.join(root, "build.json")))

@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from dfx_keras import gradcam, models
+from dfx_keras import models
+from dfx_keras.explain import gradcam
 
 SIZE, PATCH = 48, 8
 

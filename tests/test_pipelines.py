@@ -5,11 +5,12 @@ from collections import Counter
 
 import numpy as np
 import tensorflow as tf
-
 from conftest import make_corpus
+
+from dfx_keras.config import TrainConfig
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
-from dfx_keras.training import TrainConfig, base_model_data
+from dfx_keras.training.stages import base_model_data
 
 
 def _labels(ds, count=None):
@@ -122,6 +123,7 @@ def test_an_image_the_decoder_refuses_is_named_and_counted_before_training(tmp_p
     """A PNG with right chunk checksums and corrupt data passes the scan (it checks CRCs only);
     inside a training stream it used to be dropped without a word."""
     from conftest import png_declaring
+
     from dfx_keras import run
 
     data = make_corpus(tmp_path / "c", per_folder=4)
@@ -155,12 +157,13 @@ def test_a_decode_needed_only_by_a_control_dependency_never_runs():
 def test_evaluation_drops_an_undecodable_image_before_a_model_that_decodes_itself(tmp_path):
     """One bad image would fail the SavedModel's whole batch: it must be dropped, and named, first."""
     from conftest import png_declaring
-    from dfx_keras import evaluation
+
+    from dfx_keras.evaluation import protocols
 
     data = make_corpus(tmp_path / "c", per_folder=2)
     (tmp_path / "c" / "real" / "CelebA" / "corrupt.png").write_bytes(png_declaring(16, 16, idat=b"not zlib data"))
     samples = corpus_lib.scan_corpus(data).samples
     assert "real/CelebA/corrupt.png" in {s.path for s in samples}  # the scan cannot see it
-    ds = evaluation.bytes_dataset(pipelines.FolderSource(data), samples, batch_size=5)
+    ds = protocols.bytes_dataset(pipelines.FolderSource(data), samples, batch_size=5)
     read = [p.decode() for _, paths in ds for p in paths.numpy()]
     assert len(read) == len(samples) - 1 and "real/CelebA/corrupt.png" not in read

@@ -13,7 +13,12 @@ import tensorflow as tf
 
 from conftest import random_image, write_image
 import dfx_keras
-from dfx_keras import calibrate, calibration, explain, export, predict, thresholds
+from dfx_keras import calibration, predict, thresholds
+from dfx_keras.evaluation import calibrate, classifier
+from dfx_keras.explain import figures
+from dfx_keras.data import pipelines
+from dfx_keras.serving import export, headers
+from dfx_keras.workdir import calibration_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +33,7 @@ def workdir(tmp_path_factory):
     model_file = str(work / "models" / "complete.keras")
     dfx_keras.build_complete_model(*bms).save(model_file)
     chosen = thresholds.choose_thresholds(np.linspace(0.2, 0.8, 400))
-    calibration.write(calibrate.calibration_path(model_file), {"model_sha256": export.file_sha256(model_file),
+    calibration.write(calibration_path(model_file), {"model_sha256": export.file_sha256(model_file),
                                                                "temperature": 2.0, "thresholds": chosen})
     export.export_workdir(str(work), threshold="fpr:0.05")
     return work
@@ -61,10 +66,10 @@ def folder(tmp_path):
 
 
 def test_resolve_model_takes_the_newest_version(export_root, tmp_path):
-    assert predict.resolve_model(os.path.join(export_root, "dfx")) == os.path.join(export_root, "dfx", "1")
-    assert predict.resolve_model(os.path.join(export_root, "dfx", "1")) == os.path.join(export_root, "dfx", "1")
+    assert classifier.resolve_saved_model(os.path.join(export_root, "dfx")) == os.path.join(export_root, "dfx", "1")
+    assert classifier.resolve_saved_model(os.path.join(export_root, "dfx", "1")) == os.path.join(export_root, "dfx", "1")
     with pytest.raises(FileNotFoundError, match="no SavedModel"):
-        predict.resolve_model(str(tmp_path))
+        classifier.resolve_saved_model(str(tmp_path))
 
 
 def test_list_images_walks_folders_by_extension_and_keeps_explicit_files(folder):
@@ -96,14 +101,20 @@ def test_bad_files_get_their_own_error_and_the_rest_is_answered(predictor, folde
         assert r.fake_score == pytest.approx(1 - r.probabilities[2], abs=1e-6)
 
 
-def test_reason_keeps_the_informative_line():
-    asserted = ("Graph execution error:\n\nDetected at node map/while/Assert/Assert defined at (most recent call "
-                "last):\n<stack traces unavailable>\nassertion failed: [image_bytes[3] is not a JPEG, PNG, GIF, BMP "
-                "or WebP image (7 bytes)]\n\t [[{{node map/while/Assert/Assert}}]] [Op:__inference_serve_1]")
-    assert predict.reason(asserted) == "not a JPEG, PNG, GIF, BMP or WebP image (7 bytes)"
-    decoder = ("Graph execution error:\n\nDetected at node map/while/DecodeImage defined at (most recent call last):"
-               "\n<stack traces unavailable>\nInvalid PNG. Failed to initialize decoder.\n\t [[{{node x}}]] [Op:y]")
-    assert predict.reason(decoder) == "Invalid PNG. Failed to initialize decoder."
+def test_a_refused_file_gets_the_reason_the_serving_graph_gives(predictor, folder):
+    """The reasons are data (``serving.headers``): the signature's error and ``refusal`` fill the
+    same template, so predict names a refused file without parsing TensorFlow's error text."""
+    signature = tf.saved_model.load(predictor.path).signatures["serving_default"]
+    for name in ("notes.txt", "sub/bomb.png", "sub/broken.png"):
+        data = (folder / name).read_bytes()
+        reason = headers.refusal(data, predictor.classifier.max_pixels, pipelines.decode_uint8)
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            signature(image_bytes=tf.constant([data]))
+        assert reason and f"image_bytes[0] is {reason}" in error.value.message
+    assert headers.refusal((folder / "a.png").read_bytes(), predictor.classifier.max_pixels,
+                           pipelines.decode_uint8) is None
+    no_frame_header = b"\xff\xd8\xff\xe0" + b"\0" * 40  # the one case the graph cannot name (docs/serving.md)
+    assert headers.refusal(no_frame_header, None, pipelines.decode_uint8) == headers.UNDECODABLE.format("JPEG")
 
 
 def test_table_and_csv(tmp_path):
@@ -157,10 +168,10 @@ def test_saved_model_and_keras_model_give_the_same_answers_and_decisions(workdir
 
 def test_mirrored_paths_never_collide(tmp_path):
     files = ["/data/a/x.png", "/data/b/x.png", "/data/a/x.jpg", "/data/a/deep/y.webp"]
-    out = explain.mirrored_paths(files, "/out")
+    out = figures.mirrored_paths(files, "/out")
     assert out == {"/data/a/x.png": "/out/a/x.png.png", "/data/b/x.png": "/out/b/x.png.png",
                    "/data/a/x.jpg": "/out/a/x.jpg.png", "/data/a/deep/y.webp": "/out/a/deep/y.webp.png"}
-    assert explain.mirrored_paths(["only.png"], "/out") == {"only.png": "/out/only.png.png"}
+    assert figures.mirrored_paths(["only.png"], "/out") == {"only.png": "/out/only.png.png"}
 
 
 def test_a_saved_model_cannot_be_explained_and_says_which_model_can(workdir, export_root):
@@ -206,7 +217,7 @@ class ReportParser(html.parser.HTMLParser):
 def test_cli_on_a_folder_prints_a_table_and_writes_csv(export_root, folder, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out_csv = tmp_path / "out.csv"
-    result = subprocess.run([sys.executable, "-m", "dfx_keras.predict", f"--model={export_root}/dfx", str(folder),
+    result = subprocess.run([sys.executable, "-m", "dfx_keras.cli", "predict", f"--model={export_root}/dfx", str(folder),
                              f"--csv={out_csv}"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]  # some files failed
     assert "6 file(s):" in result.stdout and "; 2 failed" in result.stdout
@@ -232,7 +243,7 @@ def test_cli_report_and_explain_with_the_keras_model(workdir, folder, tmp_path):
     """One HTML page: one row per input, every value equal to the CSV's; Grad-CAM figures mirror the inputs."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out_csv, report, figures = tmp_path / "out.csv", tmp_path / "report.html", tmp_path / "cams"
-    result = subprocess.run([sys.executable, "-m", "dfx_keras.predict", f"--model={workdir}/models/complete.keras",
+    result = subprocess.run([sys.executable, "-m", "dfx_keras.cli", "predict", f"--model={workdir}/models/complete.keras",
                              str(folder), f"--csv={out_csv}", f"--report={report}", f"--explain={figures}",
                              "--threshold=fpr:0.01"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]  # some files failed

@@ -41,13 +41,8 @@ except ModuleNotFoundError as error:
   from dfx_keras.classes import CLASS_NAMES
   from dfx_keras.data import corpus
 
-# The corpus table (DESIGN.md 1.1): architecture folders expected under each class folder.
-ARCHITECTURES = {
-    "dm_generated": ("DALL-E 2", "DALL-E MINI", "Glide", "Latent Diffusion", "Stable Diffusion"),
-    "gan_generated": ("AttGAN", "BigGAN", "CycleGAN", "GauGAN", "GDWCT", "ProGAN", "StarGAN",
-                      "StyleGAN", "StyleGAN2", "StyleGAN3"),
-    "real": ("CelebA", "FFHQ", "Others"),
-}
+# The corpus table (corpus.PAPER_CORPUS): architecture folders expected under each class folder.
+ARCHITECTURES = {c: tuple(corpus.PAPER_CORPUS[c]) for c in CLASS_NAMES}
 # Fixed ClassLabel names, so architecture ids are the same for every copy of the corpus.
 # "unspecified" labels images lying directly in a class folder (as the folder reader does).
 ARCHITECTURE_NAMES = (*(a for c in CLASS_NAMES for a in ARCHITECTURES[c]), corpus.UNSPECIFIED_ARCHITECTURE)

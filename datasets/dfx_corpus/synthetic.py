@@ -19,29 +19,22 @@ import zlib
 import numpy as np
 from PIL import Image
 
-# The corpus table (DESIGN.md 1.1): architecture -> (class folder, images, assumed (width, height)).
-# Counts are the real corpus'; sizes are the usual output size of each generator / source set
-# (assumed, the table gives only the 178x218..1024x1024 range) and drive the benchmarks' size mix.
-CORPUS_TABLE = {
-    "AttGAN": ("gan_generated", 6005, (256, 256)),
-    "BigGAN": ("gan_generated", 2600, (256, 256)),
-    "CycleGAN": ("gan_generated", 1047, (256, 256)),
-    "GauGAN": ("gan_generated", 4000, (512, 512)),
-    "GDWCT": ("gan_generated", 3367, (216, 216)),
-    "ProGAN": ("gan_generated", 1000, (1024, 1024)),
-    "StarGAN": ("gan_generated", 6848, (256, 256)),
-    "StyleGAN": ("gan_generated", 4705, (1024, 1024)),
-    "StyleGAN2": ("gan_generated", 7000, (1024, 1024)),
-    "StyleGAN3": ("gan_generated", 1000, (1024, 1024)),
-    "DALL-E 2": ("dm_generated", 3421, (1024, 1024)),
-    "DALL-E MINI": ("dm_generated", 1000, (256, 256)),
-    "Glide": ("dm_generated", 2000, (256, 256)),
-    "Latent Diffusion": ("dm_generated", 4000, (256, 256)),
-    "Stable Diffusion": ("dm_generated", 5000, (512, 512)),
-    "CelebA": ("real", 5135, (178, 218)),
-    "FFHQ": ("real", 4981, (1024, 1024)),
-    "Others": ("real", 9225, (512, 512)),
+from dfx_keras.data import corpus
+
+# Assumed (width, height) of each architecture's images: the usual output size of each generator /
+# source set (the paper gives only the 178x218..1024x1024 range); they drive the benchmarks' size mix.
+ASSUMED_SIZES = {
+    "AttGAN": (256, 256), "BigGAN": (256, 256), "CycleGAN": (256, 256), "GauGAN": (512, 512),
+    "GDWCT": (216, 216), "ProGAN": (1024, 1024), "StarGAN": (256, 256), "StyleGAN": (1024, 1024),
+    "StyleGAN2": (1024, 1024), "StyleGAN3": (1024, 1024), "DALL-E 2": (1024, 1024), "DALL-E MINI": (256, 256),
+    "Glide": (256, 256), "Latent Diffusion": (256, 256), "Stable Diffusion": (512, 512), "CelebA": (178, 218),
+    "FFHQ": (1024, 1024), "Others": (512, 512),
 }
+_FOLDERS = {architecture: (class_name, count)
+            for class_name, folders in corpus.PAPER_CORPUS.items() for architecture, count in folders.items()}
+# The corpus table (corpus.PAPER_CORPUS): architecture -> (class folder, images, assumed size), in
+# ASSUMED_SIZES' order (the order of the random draws).
+CORPUS_TABLE = {architecture: (*_FOLDERS[architecture], size) for architecture, size in ASSUMED_SIZES.items()}
 CORPUS_SIZE = sum(count for _, count, _ in CORPUS_TABLE.values())  # 72,334
 
 

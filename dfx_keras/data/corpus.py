@@ -24,6 +24,7 @@ from absl import logging
 from PIL import Image
 
 from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES
+from dfx_keras.workdir import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 POOL_SHARES = (0.4, 0.4, 0.2)  # base models, complete model, test
@@ -40,6 +41,17 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # Pillow's own guard (it raises at twice this) stays above any sensible limit: ours is checked
 # explicitly in check_image.
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
+
+
+# The paper's corpus (DESIGN.md 1.1): class folder -> architecture folder -> images. The tfds
+# builder's architecture labels and the benchmarks' synthetic corpus are derived from it.
+PAPER_CORPUS = {
+    "dm_generated": {"DALL-E 2": 3421, "DALL-E MINI": 1000, "Glide": 2000, "Latent Diffusion": 4000,
+                     "Stable Diffusion": 5000},
+    "gan_generated": {"AttGAN": 6005, "BigGAN": 2600, "CycleGAN": 1047, "GauGAN": 4000, "GDWCT": 3367,
+                      "ProGAN": 1000, "StarGAN": 6848, "StyleGAN": 4705, "StyleGAN2": 7000, "StyleGAN3": 1000},
+    "real": {"CelebA": 5135, "FFHQ": 4981, "Others": 9225},
+}
 
 
 class CorpusError(ValueError):
@@ -213,13 +225,13 @@ def scan_corpus(root: str, check: bool = True, workers: int | None = None,
 
 def write_split_csv(samples: Iterable[Sample], path: str) -> None:
     """Write the pool assignment as the reference's guidance.csv (label=pool, image_path, model)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(SPLIT_COLUMNS)
-        for s in samples:
-            writer.writerow([s.pool, s.path, s.architecture])
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(SPLIT_COLUMNS)
+            writer.writerows([s.pool, s.path, s.architecture] for s in samples)
+
+    atomic_write(path, write)
 
 
 def read_split_csv(path: str) -> dict[str, int]:

@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from dfx_keras import durable
+from dfx_keras.workdir import atomic_write
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data.corpus import CorpusError, list_images
 
@@ -387,9 +387,10 @@ def _foreign_folders(out_dir: str) -> list[str]:
 # 2,700 images: enough for the demo's base models to see a few dozen "others" each at the
 # paper's 4% and reach >= 0.9 test accuracy in about two CPU minutes (120 gave 0.81).
 IMAGES_PER_ARCHITECTURE = 300
+SEED = 0  # the demo corpus' default seed
 
 
-def generate_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = 0) -> dict:
+def generate_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = SEED) -> dict:
     """Write the demo corpus under ``out_dir``; returns {(class name, architecture): count}.
 
     The marker file lists every file the demo wrote, with its hash. A rerun (other parameters)
@@ -418,7 +419,7 @@ def generate_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER
     marker = os.path.join(out_dir, MARKER_FILE)
     os.makedirs(out_dir, exist_ok=True)
     # Claims the files it is about to write or remove, so an interrupted run's files stay its own.
-    durable.atomic_write(marker, json.dumps({"complete": False, "files": dict.fromkeys([*ours, *planned])}))
+    atomic_write(marker, json.dumps({"complete": False, "files": dict.fromkeys([*ours, *planned])}))
     for path in set(ours) - set(planned):
         os.remove(os.path.join(out_dir, path))
     files = {}
@@ -432,7 +433,7 @@ def generate_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER
                 with open(os.path.join(folder, f"{i:05d}.png"), "wb") as f:
                     f.write(png.getvalue())
                 files[f"{class_name}/{spec.name}/{i:05d}.png"] = hashlib.sha256(png.getvalue()).hexdigest()
-    durable.atomic_write(marker, json.dumps({**_parameters(images_per_architecture, seed), "files": files},
+    atomic_write(marker, json.dumps({**_parameters(images_per_architecture, seed), "files": files},
                                             indent=2, sort_keys=True))
     return {(class_name, spec.name): images_per_architecture for class_name in CLASS_NAMES
             for spec in ARCHITECTURES[class_name]}
@@ -455,7 +456,7 @@ def existing_demo_corpus(out_dir: str, images_per_architecture: int, seed: int) 
             for spec in ARCHITECTURES[class_name]}
 
 
-def ensure_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = 0) -> tuple[dict, bool]:
+def ensure_demo_corpus(out_dir: str, images_per_architecture: int = IMAGES_PER_ARCHITECTURE, seed: int = SEED) -> tuple[dict, bool]:
     """The demo corpus in ``out_dir``, generated only when missing or made otherwise.
 
     Returns (counts, generated): ``generated`` is False when an existing corpus was reused.

@@ -1,5 +1,20 @@
-"""Files that survive a kill: atomic writes, leftovers of dead writers, one owner per workdir.
+"""A workdir and its files: every path of its layout, the one atomic write, its lock, and the
+readers of what a run left there.
 
+Layout (``--workdir=W``)::
+
+    W/split.csv                  the pool of every image (the reference's guidance.csv)
+    W/flags.txt                  train.py's resolved flags, reusable as a flagfile
+    W/models/<stage>.keras       bm_dm, bm_gan, bm_real, complete, baseline
+    W/logs/stages.json           each finished stage's summary (the closing table reads it)
+    W/logs/<stage>.csv, <stage>/ each stage's CSV log and TensorBoard events
+    W/checkpoints/<stage>.best.weights.h5, W/backup/<stage>/   a running stage's state
+    W/features/<key>.npz         the complete stage's cached base-model features
+    W/results/                   evaluation outputs (results.json, results.md, ...)
+    W/export/<model_name>/<version>/   SavedModels for TensorFlow Serving
+    W/.lock                      held by the run that owns the workdir
+
+Files that survive a kill: atomic writes, leftovers of dead writers, one owner per workdir.
 A process can die at any instruction (kill -9, the OOM killer, a preempted VM). What it was
 writing must then be either the old complete file or the new complete one, never a mix:
 ``atomic_write`` writes under a temporary name in the same folder, flushes it to disk and
@@ -12,9 +27,12 @@ folder; the kernel releases its ``flock`` when the owner dies, so a kill leaves 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import datetime
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -23,6 +41,8 @@ import tempfile
 from typing import Callable, Iterator
 
 from absl import logging
+
+from dfx_keras.classes import CLASS_NAMES, base_model_name
 
 _TEMPORARY = re.compile(r"^\.tmp-(?P<pid>\d+)-(?P<host>[A-Za-z0-9]*)-")
 
@@ -165,3 +185,133 @@ def check_writable_folder(path: str, flag: str) -> None:
         raise ValueError(f"{flag}={path} is a file, not a folder") from None
     except OSError as e:
         raise ValueError(f"{flag}={path} cannot be written: {e.strerror or e}") from None
+
+
+# --- the layout ------------------------------------------------------------------------------
+
+MODELS, LOGS, RESULTS, EXPORT, FEATURES = "models", "logs", "results", "export", "features"
+BACKUP, CHECKPOINTS = "backup", "checkpoints"
+SPLIT_CSV, FLAGS_TXT, STAGES_JSON, LOCK_FILE = "split.csv", "flags.txt", "stages.json", ".lock"
+CALIBRATION_JSON = "calibration.json"  # beside the model file it was fitted to: models/calibration.json
+COMPLETE, BASELINE = "complete", "baseline"  # the stages besides the base models (and results.json keys)
+DEFAULT_MODEL_NAME = "dfx"  # export/<model_name>/, as TF Serving names a model
+DATA_FLAGS = ("data_dir", "data")  # the flags of flags.txt that locate the corpus
+
+
+def export_versions(model_dir: str) -> list[int]:
+    """The integer version folders under a TF Serving model folder ``E/<model_name>`` (TF
+    Serving ignores anything else), ascending."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(d) for d in os.listdir(model_dir) if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
+
+
+def calibration_path(model_path: str) -> str:
+    """Where a model file's calibration lives: ``calibration.json`` beside it."""
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), CALIBRATION_JSON)
+
+
+def file_sha256(path: str) -> str:
+    """The file's SHA-256: what an export and a calibration record of the model they came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    """The folder of one training run: where each of its files lives, and what it holds."""
+
+    root: str
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    # paths
+    @property
+    def split_csv(self) -> str:
+        return self.path(SPLIT_CSV)
+
+    @property
+    def flags_txt(self) -> str:
+        return self.path(FLAGS_TXT)
+
+    @property
+    def stages_json(self) -> str:
+        return self.path(LOGS, STAGES_JSON)
+
+    @property
+    def features(self) -> str:
+        return self.path(FEATURES)
+
+    @property
+    def lock_file(self) -> str:
+        return self.path(LOCK_FILE)
+
+    def model(self, stage: str) -> str:
+        return self.path(MODELS, f"{stage}.keras")
+
+    def log_csv(self, stage: str) -> str:
+        return self.path(LOGS, f"{stage}.csv")
+
+    def tensorboard(self, stage: str) -> str:
+        return self.path(LOGS, stage)
+
+    def backup(self, stage: str) -> str:
+        return self.path(BACKUP, stage)
+
+    def checkpoint(self, stage: str) -> str:
+        return self.path(CHECKPOINTS, f"{stage}.best.weights.h5")
+
+    def results(self, *parts: str) -> str:
+        return self.path(RESULTS, *parts)
+
+    def export(self, model_name: str | None = None) -> str:
+        """``W/export``, or the TF Serving model folder ``W/export/<model_name>``."""
+        return self.path(EXPORT, *([model_name] if model_name else []))
+
+    # ownership
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Own the workdir while the block runs (``exclusive_lock``); a second owner gets InUseError."""
+        os.makedirs(self.root, exist_ok=True)
+        with exclusive_lock(self.lock_file, f"workdir {self.root}"):
+            yield
+
+    # readers and writers of what a run leaves
+    def base_model_paths(self) -> list[str]:
+        """The three base models' files, in the order DM, GAN, REAL; FileNotFoundError names
+        those not trained yet."""
+        paths = [self.model(base_model_name(c)) for c in CLASS_NAMES]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(f"train the base models first; missing: {', '.join(missing)}")
+        return paths
+
+    def stage_summaries(self) -> dict:
+        """``logs/stages.json``: stage name -> summary of its best epoch."""
+        if not os.path.exists(self.stages_json):
+            return {}
+        with open(self.stages_json) as f:
+            return json.load(f)
+
+    def record_stage(self, stage: str, summary: dict) -> None:
+        """Add (or replace) a stage's summary in ``logs/stages.json``."""
+        stages = self.stage_summaries()
+        stages[stage] = summary
+        os.makedirs(os.path.dirname(self.stages_json), exist_ok=True)
+        atomic_write(self.stages_json, json.dumps(stages, indent=2))
+
+    def recorded_data_flags(self) -> dict[str, str]:
+        """``data_dir`` / ``data`` as train.py recorded them in ``flags.txt``."""
+        if not os.path.exists(self.flags_txt):
+            return {}
+        found = {}
+        with open(self.flags_txt) as f:
+            for line in f:
+                name, _, value = line.strip().lstrip("-").partition("=")
+                if name in DATA_FLAGS and value:
+                    found[name] = value
+        return found

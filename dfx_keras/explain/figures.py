@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dfx_keras import durable
 from dfx_keras.classes import CLASS_NAMES
+from dfx_keras.workdir import atomic_write
 
 THUMBNAIL_SIZE = 128
 
@@ -38,7 +38,7 @@ def explain_files(model, predictions: Sequence, out_dir: str | None, batch_size:
     """Grad-CAM figures (PNG bytes) of the predicted class for every answered prediction, by
     ``model`` (``gradcam.gradcam_model``), written under ``out_dir`` as ``mirrored_paths`` says
     when it is given. Returns file -> PNG bytes."""
-    from dfx_keras import gradcam
+    from dfx_keras.explain import gradcam
     from dfx_keras.data import pipelines
 
     size = int(model.input_shape[1])
@@ -53,7 +53,7 @@ def explain_files(model, predictions: Sequence, out_dir: str | None, batch_size:
             figures[p.file] = gradcam.figure_png(image, class_maps, int(class_id))
             if p.file in targets:
                 os.makedirs(os.path.dirname(targets[p.file]), exist_ok=True)
-                durable.atomic_write(targets[p.file], figures[p.file])
+                atomic_write(targets[p.file], figures[p.file])
     return figures
 
 

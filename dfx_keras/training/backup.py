@@ -4,7 +4,7 @@ Keras' ``BackupAndRestore`` rewrites one weights file and one JSON file in place
 epoch: a kill while it writes leaves a 0-byte ``latest.weights.h5`` (every rerun then fails in
 h5py) or an empty ``training_metadata.json``. Here every finished epoch is a *generation*, a
 folder ``epoch-NNNN/`` written under a temporary name and renamed when complete
-(``durable.atomic_write``):
+(``workdir.atomic_write``):
 
     model.weights.h5   the model's and the optimizer's variables after that epoch
     best.weights.h5    the weights of the best epoch so far (a hard link to the checkpoint)
@@ -30,7 +30,7 @@ from typing import Callable
 import keras
 from absl import logging
 
-from dfx_keras import durable
+from dfx_keras.workdir import atomic_write
 
 GENERATION = re.compile(r"^epoch-(\d+)$")
 WEIGHTS, BEST, STATE = "model.weights.h5", "best.weights.h5", "state.json"
@@ -62,7 +62,7 @@ def cut_log(csv_path: str, epochs: int) -> None:
                 writer.writeheader()
                 writer.writerows(kept)
 
-        durable.atomic_write(csv_path, write)
+        atomic_write(csv_path, write)
 
 
 class StageBackup(keras.callbacks.Callback):
@@ -113,7 +113,7 @@ class StageBackup(keras.callbacks.Callback):
         model.optimizer.build(model.trainable_variables)  # its variables are in the weights file
         model.load_weights(os.path.join(generation, WEIGHTS))
         if best is not None:
-            durable.atomic_write(self.best_path, lambda tmp: _link(os.path.join(generation, BEST), tmp))
+            atomic_write(self.best_path, lambda tmp: _link(os.path.join(generation, BEST), tmp))
         cut_log(self.csv_path, epochs)
         self.epochs_done, self.best = epochs, best
         logging.info("resuming from %s: %d epoch(s) done", generation, epochs)
@@ -122,11 +122,11 @@ class StageBackup(keras.callbacks.Callback):
         logs = logs or {}
         loss = logs.get("val_loss")
         if loss is not None and math.isfinite(loss) and (self.best is None or loss < self.best["val_loss"]):
-            durable.atomic_write(self.best_path, self.model.save_weights)
+            atomic_write(self.best_path, self.model.save_weights)
             self.best = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
         self.epochs_done = epoch + 1
         os.makedirs(self.folder, exist_ok=True)
-        durable.atomic_write(os.path.join(self.folder, f"epoch-{self.epochs_done:04d}"), self._write_generation)
+        atomic_write(os.path.join(self.folder, f"epoch-{self.epochs_done:04d}"), self._write_generation)
         for old in self.generations()[KEEP:]:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -5,7 +5,8 @@ logger *before* ``TF_CPP_MIN_LOG_LEVEL`` is applied, so the variable alone no lo
 them. The CLIs therefore also route the process' native stderr (file descriptor 2) through a
 filter that drops TensorFlow's C++ log lines and passes everything else through; Python's own
 ``sys.stderr`` (tracebacks, absl warnings about skipped images) bypasses the filter.
-Call it first thing in a CLI entry point, before TensorFlow is imported.
+Call it first thing in a CLI entry point, before TensorFlow is imported (``dfx_keras.cli.run``
+does); calling it again does nothing.
 """
 
 import io
@@ -37,10 +38,15 @@ def _filter_native_stderr() -> None:
     threading.Thread(target=pump, name="native-stderr-filter", daemon=True).start()
 
 
+_filtering = False  # the native stderr filter is installed once per process
+
+
 def quiet_tensorflow(argv=None) -> None:
+    global _filtering
     argv = sys.argv if argv is None else argv
-    if any(a.startswith(("--verbosity", "-v=", "--v=")) for a in argv):
+    if _filtering or any(a.startswith(("--verbosity", "-v=", "--v=")) for a in argv):
         return
+    _filtering = True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     # Keras warns that fit(shuffle=True) is ignored for datasets; ours are shuffled in tf.data.

@@ -15,9 +15,10 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dfx_keras import calibration_plots
 from dfx_keras.classes import CLASS_NAMES
-from dfx_keras.evaluation import BASELINE, label_name, safe_div
+from dfx_keras.evaluation import calibration_plots
+from dfx_keras.evaluation.metrics import label_name, safe_div
+from dfx_keras.workdir import BASELINE, atomic_write
 
 RESULTS_JSON, RESULTS_MD, PREDICTIONS_CSV = "results.json", "results.md", "predictions.csv"
 CONFUSION_PNG, ATTACKS_PNG = "confusion_matrix{suffix}.png", "accuracy_vs_attack.png"
@@ -60,9 +61,7 @@ def write_results_json(results_dir: str, results: Mapping) -> str:
     path = os.path.join(results_dir, RESULTS_JSON)
     os.makedirs(results_dir, exist_ok=True)
     merged = merge_results(read_results(results_dir), results)
-    with open(path + ".tmp", "w") as f:
-        json.dump(json_safe(merged), f, indent=2, allow_nan=False)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, json.dumps(json_safe(merged), indent=2, allow_nan=False))
     return path
 
 
@@ -77,7 +76,7 @@ def read_results(results_dir: str) -> dict:
 # --- predictions.csv -------------------------------------------------------------------------
 
 def prediction_rows(model: str, passes: Iterable) -> Iterable[list]:
-    """One row per image and pass; ``passes`` as ``evaluation.evaluate`` returns them."""
+    """One row per image and pass; ``passes`` as ``protocols.evaluate`` returns them."""
     for protocol, attack, predictions in passes:
         predicted = np.argmax(predictions.probabilities, axis=1)
         for sample, probabilities, p in zip(predictions.samples, predictions.probabilities, predicted):
@@ -86,12 +85,14 @@ def prediction_rows(model: str, passes: Iterable) -> Iterable[list]:
 
 
 def write_predictions_csv(path: str, passes_by_model: Mapping[str, Iterable]) -> str:
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(PREDICTION_COLUMNS)
-        for model, passes in passes_by_model.items():
-            writer.writerows(prediction_rows(model, passes))
-    os.replace(path + ".tmp", path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(PREDICTION_COLUMNS)
+            for model, passes in passes_by_model.items():
+                writer.writerows(prediction_rows(model, passes))
+
+    atomic_write(path, write)
     return path
 
 
@@ -119,7 +120,7 @@ def plot_confusion(path: str, cm: Sequence[Sequence[int]], title: str) -> str:
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, format(v, fmt), ha="center", va="center",
                     color="white" if v > 0.6 * values.max() else "black")
-    fig.savefig(path)
+    atomic_write(path, fig.savefig)
     return path
 
 
@@ -154,7 +155,7 @@ def plot_attack_strength(path: str, models: Mapping[str, Mapping]) -> str:
                title=f"accuracy vs {group}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.savefig(path)
+    atomic_write(path, fig.savefig)
     return path
 
 
@@ -354,8 +355,7 @@ def write_reports(results_dir: str, results: Mapping, passes_by_model: Mapping[s
     written["plots"] = [os.path.join(results_dir, p) for p in [*confusion.values(), *([attacks] if attacks else [])]]
     written["plots"] += calibration_plots.write_plots(results_dir, merged, _raw_pass(passes_by_model))
     written["markdown"] = os.path.join(results_dir, RESULTS_MD)
-    with open(written["markdown"], "w") as f:
-        f.write(results_markdown(merged, confusion, attacks))
+    atomic_write(written["markdown"], results_markdown(merged, confusion, attacks))
     if passes_by_model is not None:
         written["csv"] = write_predictions_csv(os.path.join(results_dir, PREDICTIONS_CSV), passes_by_model)
     return written

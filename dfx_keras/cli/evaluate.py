@@ -13,10 +13,16 @@ import time
 
 from absl import app, flags, logging
 
-from dfx_keras import flags as dfx_flags
+from dfx_keras.cli import flags as dfx_flags
+from dfx_keras.config import EvaluateConfig
+from dfx_keras.data.corpus import CorpusError
+from dfx_keras.workdir import BASELINE, COMPLETE, Workdir, check_writable_folder
 
-dfx_flags.define_evaluate_flags()
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    dfx_flags.define_evaluate_flags()
 
 
 def model_paths() -> dict[str, str]:
@@ -25,13 +31,13 @@ def model_paths() -> dict[str, str]:
     if FLAGS.model:
         name = os.path.splitext(os.path.basename(os.path.normpath(FLAGS.model)))[0]
         return {"model" if name.isdigit() else name: FLAGS.model}
-    paths = {"complete": os.path.join(FLAGS.workdir, "models", "complete.keras")}
-    if not os.path.exists(paths["complete"]):
-        raise app.UsageError(f"{paths['complete']} not found: train the workdir first (python train.py "
+    wd = Workdir(FLAGS.workdir)
+    paths = {COMPLETE: wd.model(COMPLETE)}
+    if not os.path.exists(paths[COMPLETE]):
+        raise app.UsageError(f"{paths[COMPLETE]} not found: train the workdir first (python train.py "
                              f"--workdir={FLAGS.workdir} ...) or give --model=PATH")
-    baseline = os.path.join(FLAGS.workdir, "models", "baseline.keras")
-    if FLAGS.baseline and os.path.exists(baseline):
-        paths["baseline"] = baseline
+    if FLAGS.baseline and os.path.exists(wd.model(BASELINE)):
+        paths[BASELINE] = wd.model(BASELINE)
     return paths
 
 
@@ -57,10 +63,10 @@ def results_dir(names: list[str]) -> str:
         return FLAGS.results_dir
     if not FLAGS.workdir:
         raise app.UsageError("give --results_dir=FOLDER (or --workdir) for the results of --model")
-    return os.path.join(FLAGS.workdir, "results", *([names[0]] if FLAGS.model else []))
+    return Workdir(FLAGS.workdir).results(*([names[0]] if FLAGS.model else []))
 
 
-def check_flags() -> dict:
+def config_from_flags() -> EvaluateConfig:
     """Everything a user can get wrong, as one line each, before any model is loaded."""
     if not FLAGS.workdir and not FLAGS.model:
         raise app.UsageError("give --workdir=W (evaluates W/models/complete.keras) or --model=PATH")
@@ -70,56 +76,24 @@ def check_flags() -> dict:
         raise app.UsageError(f"--model not found: {FLAGS.model}")
     data = {k: getattr(FLAGS, k) for k in ("data_dir", "data") if getattr(FLAGS, k)}
     if not data and FLAGS.workdir:
-        from dfx_keras.run import recorded_data_flags
-
-        data = recorded_data_flags(FLAGS.workdir)
+        data = Workdir(FLAGS.workdir).recorded_data_flags()
     if data.get("data_dir") and not data.get("data") and not os.path.isdir(data["data_dir"]):
         raise app.UsageError(f"--data_dir not found: {data['data_dir']}")
     if FLAGS.generalization_dir and not os.path.isdir(FLAGS.generalization_dir):
         raise app.UsageError(f"--generalization_dir not found: {FLAGS.generalization_dir}")
     paths = model_paths()
-    plan = {"data_dir": data.get("data_dir"), "data": data.get("data"), "models": paths,
-            "protocols": protocols(bool(data)), "results_dir": results_dir(list(paths))}
-    from dfx_keras.durable import check_writable_folder
-
+    cfg = EvaluateConfig(models=paths, protocols=protocols(bool(data)), results_dir=results_dir(list(paths)),
+                         data_dir=data.get("data_dir"), data=data.get("data"),
+                         generalization_dir=FLAGS.generalization_dir, batch_size=FLAGS.batch_size, seed=FLAGS.seed)
     try:  # the results of hours of protocols must have somewhere to go
-        check_writable_folder(plan["results_dir"], "--results_dir")
+        check_writable_folder(cfg.results_dir, "--results_dir")
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    return plan
-
-
-def open_test_data(data_dir: str | None, data: str | None):
-    """The corpus and its image source: a prepared tfds dataset (``--data=tfds:...``) or the
-    folder, listed without opening every file (unreadable images are skipped and counted by
-    the protocols; a full check of all pools would read the whole corpus)."""
-    if data:
-        from dfx_keras.data import tfds_source
-
-        return tfds_source.open_tfds(data)
-    from dfx_keras.data import corpus as corpus_lib
-    from dfx_keras.data import pipelines
-
-    return corpus_lib.scan_corpus(data_dir, check=False), pipelines.folder_source(data_dir)
-
-
-def evaluate(plan: dict) -> dict:
-    """Load the data and the models, run the protocols, write the reports; returns the paths."""
-    from dfx_keras import evaluation, run
-
-    corpus = source = None
-    if plan["protocols"] != ["generalization"]:
-        corpus, source = open_test_data(plan["data_dir"], plan["data"])
-        print(f"test pool: {len(evaluation.test_data(corpus)[0])} images of {corpus.root}")
-    if "generalization" in plan["protocols"]:
-        evaluation.generalization_sets(FLAGS.generalization_dir)  # layout errors before any model loads
-    _, written = run.evaluate(plan["models"], plan["protocols"], plan["results_dir"], corpus, source,
-                              FLAGS.generalization_dir, FLAGS.batch_size, FLAGS.seed)
-    return written
+    return cfg
 
 
 def print_summary(written: dict, seconds: float) -> None:
-    from dfx_keras import reports
+    from dfx_keras.evaluation import reports
 
     results = reports.read_results(os.path.dirname(written["json"]))
     for name, blocks in reports.models_of(results).items():
@@ -142,22 +116,14 @@ def print_summary(written: dict, seconds: float) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    plan = check_flags()
+    cfg = config_from_flags()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from dfx_keras.data.corpus import CorpusError
+    from dfx_keras import run  # the evaluation stack loads only once the flags are known to be sound
 
     start = time.time()
     try:
-        written = evaluate(plan)
+        _, written = run.evaluate(cfg)
     except (CorpusError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     print_summary(written, time.time() - start)
-
-
-def entry_point():
-    app.run(main)
-
-
-if __name__ == "__main__":
-    entry_point()

@@ -13,7 +13,8 @@ import datetime
 import html
 from typing import Mapping, Sequence
 
-from dfx_keras import durable
+from dfx_keras.workdir import atomic_write
+
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -75,5 +76,5 @@ def render(rows: Sequence[Mapping[str, str]], columns: Sequence[str], thumbnails
 def write(path: str, rows: Sequence[Mapping[str, str]], columns: Sequence[str], thumbnails: Mapping[str, bytes],
           heatmaps: Mapping[str, bytes], title: str, notes: Sequence[str] = ()) -> str:
     """Write the page atomically; returns ``path``."""
-    durable.atomic_write(path, render(rows, columns, thumbnails, heatmaps, title, notes))
+    atomic_write(path, render(rows, columns, thumbnails, heatmaps, title, notes))
     return path

@@ -8,7 +8,6 @@ tied to that file by its hash: a retrained model is recalibrated, never served w
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -17,22 +16,9 @@ from absl import logging
 from dfx_keras import calibration, thresholds
 from dfx_keras.classes import REAL
 from dfx_keras.data import corpus as corpus_lib
-
-CALIBRATION_FILE = "calibration.json"
-
-
-def calibration_path(model_path: str) -> str:
-    """Where a model file's calibration lives: ``calibration.json`` beside it."""
-    return os.path.join(os.path.dirname(os.path.abspath(model_path)), CALIBRATION_FILE)
-
-
-def calibration_of(model_path: str) -> dict | None:
-    """The calibration fitted to this very ``.keras`` file, or None (none fitted, or fitted to a
-    file since replaced, or fitted to another model of the folder such as the baseline)."""
-    from dfx_keras.export import file_sha256
-
-    path = calibration_path(model_path)
-    return calibration.read(path, file_sha256(model_path)) if os.path.exists(path) else None
+from dfx_keras.evaluation import protocols
+from dfx_keras.evaluation.classifier import load_classifier
+from dfx_keras.workdir import calibration_path, file_sha256
 
 
 def fit(logits: np.ndarray, labels: Sequence[int], model_sha256: str, rates: Sequence[float] = thresholds.RATES,
@@ -58,14 +44,11 @@ def calibrate(model_path: str, source, val_samples: Sequence[corpus_lib.Sample],
               overwrite: bool = False) -> dict:
     """``model_path``'s calibration: the one on disk when it fits this file (unless
     ``overwrite``), else fitted on ``val_samples`` and written atomically beside the model."""
-    from dfx_keras import evaluation
-    from dfx_keras.export import file_sha256
-
-    existing = None if overwrite else calibration_of(model_path)
+    existing = None if overwrite else calibration.calibration_of(model_path)
     if existing:
         return existing
-    classifier = evaluation.load_classifier(model_path, "complete")
-    predictions = evaluation.predict(classifier, source, val_samples, batch_size,
+    classifier = load_classifier(model_path, "complete")
+    predictions = protocols.predict(classifier, source, val_samples, batch_size,
                                      description="complete: calibration on the validation split")
     fitted = fit(predictions.logits, predictions.labels, file_sha256(model_path))
     for warning in [b["warning"] for b in fitted["thresholds"].values() if "warning" in b] + (

@@ -1,4 +1,5 @@
-"""``python -m dfx_keras.demo_data --out DIR``: write the procedural demo corpus.
+"""``python -m dfx_keras.cli demo_corpus --out DIR`` (``dfx-demo-corpus``): write the procedural
+demo corpus.
 
 The corpus (see ``dfx_keras.data.demo``) has the real corpus' layout, so every command that
 takes ``--data_dir`` runs on it. A folder that already holds a complete corpus made with the
@@ -16,12 +17,11 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """Defined on demand, so importing this module never clashes with the training flags."""
     flags.DEFINE_string("out", None, "Folder to write the corpus to (created if missing); it will hold "
                         "{dm_generated,gan_generated,real}/<architecture>/<image>.png.")
-    flags.DEFINE_integer("images_per_architecture", demo.IMAGES_PER_ARCHITECTURE, "Images in each of the 9 architecture folders "
-                         "(3 per class).", lower_bound=1)
-    flags.DEFINE_integer("seed", 0, "Random seed: the same seed and size give byte-identical files.")
+    flags.DEFINE_integer("images_per_architecture", demo.IMAGES_PER_ARCHITECTURE, "Images in each of the 9 "
+                         "architecture folders (3 per class).", lower_bound=1)
+    flags.DEFINE_integer("seed", demo.SEED, "Random seed: the same seed and size give byte-identical files.")
     flags.mark_flag_as_required("out")
 
 
@@ -37,12 +37,3 @@ def main(argv):
     print(f"Demo corpus in {FLAGS.out} ({how}): {sum(counts.values())} images")
     for (class_name, architecture), count in sorted(counts.items()):
         print(f"  {class_name}/{architecture}: {count}")
-
-
-def entry_point() -> None:
-    define_flags()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    entry_point()

@@ -1,0 +1,1 @@
+"""Serving: the SavedModel for TensorFlow Serving (image-header checks, signatures, versioned export)."""

@@ -1,0 +1,1 @@
+"""Training: the distribution strategy, the fit loop with resume, the stages, the feature cache."""
