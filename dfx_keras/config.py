@@ -105,14 +105,18 @@ class ExportConfig:
     model_name: str = DEFAULT_MODEL_NAME
     version: int | None = None  # default: the next integer
     max_pixels: int = DEFAULT_MAX_PIXELS
+    threshold: str | None = None  # fpr:RATE or a number: adds is_fake
 
 
 @dataclasses.dataclass
 class PredictConfig:
-    """Files and folders to classify with an exported model."""
+    """Files and folders to classify with an exported model (or a ``.keras`` one, to explain)."""
 
     model: str
     inputs: Sequence[str]
     csv: str | None = None
     batch_size: int = BATCH_SIZE
     progress: bool = True
+    threshold: str | None = None  # default: the export's own, else no decision
+    explain: str | None = None  # folder of Grad-CAM figures
+    report: str | None = None  # HTML page

@@ -16,6 +16,7 @@ from dfx_keras.classes import NUM_CLASSES, base_model_name  # noqa: F401  models
 FEATURES_LAYER = "features"
 LOGITS_LAYER = "logits"
 IMAGE_INPUT = "image"
+PREPROCESSING_LAYER = "preprocessing"
 
 # The head of DESIGN.md 1.3: (filters, kernel, stride); every conv pads 1 on both sides.
 HEAD_CONVS = ((16, 7, 2), (64, 5, 2), (256, 3, 1), (512, 3, 1), (1024, 3, 1))
@@ -38,7 +39,7 @@ def _image_to_features(backbone: str, image_size: int | None, weights: str | Non
     image_size = image_size or backbones.get_backbone(backbone).default_image_size
     inputs = keras.Input((image_size, image_size, 3), name=IMAGE_INPUT)
     mode = backbones.preprocessing_mode(backbone, weights)
-    x = backbones.BackbonePreprocessing(mode, name="preprocessing")(inputs)
+    x = backbones.BackbonePreprocessing(mode, name=PREPROCESSING_LAYER)(inputs)
     x = backbones.build_backbone(backbone, image_size, weights, bn_momentum)(x)
     return inputs, layers.Identity(name=FEATURES_LAYER)(x)
 
@@ -55,9 +56,23 @@ def build_base_model(backbone: str, image_size: int | None = None, weights: str 
 
 
 def feature_extractor(base_model: keras.Model) -> keras.Model:
-    """The base model without its head: image -> pooled feature vector (B, D)."""
-    return keras.Model(base_model.input, base_model.get_layer(FEATURES_LAYER).output,
+    """The base model as the complete model nests it: image -> [pooled features (B, D), its own
+    output (B, 2)].
+
+    The complete model stacks only the features; the base model's output stays in the nested
+    model (same weights, so ``complete.keras`` carries it) for ``detector_model``'s
+    ``base_scores``: which specialist fired. Any base model whose output is (B, 2) scores with
+    index 1 its main class fits (a Dense head, or the contrastive objective's negative distances
+    to its stored [rest, main] centroids).
+    """
+    return keras.Model(base_model.input, [base_model.get_layer(FEATURES_LAYER).output, base_model.output],
                        name=f"{base_model.name}_features")
+
+
+def _features(extractor_output):
+    """The features of an extractor's output: a complete model saved before the extractors kept
+    their base model's output (a bare tensor) loads too."""
+    return extractor_output[0] if isinstance(extractor_output, (list, tuple)) else extractor_output
 
 
 def build_head(feature_dim: int, name: str = "head") -> keras.Model:
@@ -103,7 +118,7 @@ def build_complete_model(bm_dm: keras.Model, bm_gan: keras.Model, bm_real: keras
     inputs = keras.Input(shapes.pop(), name=IMAGE_INPUT)
     features = []
     for base in (bm_dm, bm_gan, bm_real):
-        features.append(feature_extractor(base)(inputs))
+        features.append(feature_extractor(base)(inputs)[0])
     dims = {f.shape[-1] for f in features}
     if len(dims) != 1:
         raise ValueError(f"base models disagree on their feature size: {sorted(dims)}")
@@ -154,6 +169,45 @@ def build_baseline_model(backbone: str, image_size: int | None = None, weights: 
     inputs, features = _image_to_features(backbone, image_size, weights, bn_momentum)
     logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER, dtype="float32")(features)
     return keras.Model(inputs, logits, name="baseline")
+
+
+def backbone_of(extractor: keras.Model) -> keras.Model:
+    """The backbone nested in a base model (or its extractor): its one nested model."""
+    (backbone,) = [layer for layer in extractor.layers if isinstance(layer, keras.Model)]
+    return backbone
+
+
+def is_complete_model(model: keras.Model) -> bool:
+    """A complete model (base models and a head), not a baseline or a base model."""
+    return any(layer.name == "head" for layer in model.layers)
+
+
+def has_base_outputs(complete: keras.Model) -> bool:
+    """Whether the complete model's extractors keep their base models' outputs (complete models
+    saved before they did have features only; other models have no base models)."""
+    return is_complete_model(complete) and all(len(e.outputs) == 2 for e in base_feature_extractors(complete))
+
+
+def detector_model(complete: keras.Model) -> keras.Model:
+    """The complete model with everything a detector reports, from one forward pass:
+    image -> ``{"logits": (B, 3), "base_scores": (B, 3)}``.
+
+    ``base_scores`` are each base model's probability of its own main class (softmax of its
+    output, index 1), in the order DM, GAN, REAL. The model is rebuilt from the complete
+    model's own layers (shared weights), so the backbones run once; a complete model without
+    the base outputs (``has_base_outputs``), or any other 3-class model (the baseline), gives
+    ``logits`` only.
+    """
+    if not is_complete_model(complete):
+        return keras.Model(complete.input, {"logits": complete.output}, name=f"{complete.name}_detector")
+    inputs = keras.Input(complete.input_shape[1:], name=IMAGE_INPUT)
+    outputs = [extractor(inputs) for extractor in base_feature_extractors(complete)]
+    logits = head_of(complete)(stack_features([_features(o) for o in outputs]))
+    if not has_base_outputs(complete):
+        return keras.Model(inputs, {"logits": logits}, name=f"{complete.name}_detector")
+    scores = [layers.Softmax(name=f"base_softmax_{i}")(o[1]) for i, o in enumerate(outputs)]
+    base_scores = layers.Concatenate(name="base_scores")([s[:, 1:2] for s in scores])
+    return keras.Model(inputs, {"logits": logits, "base_scores": base_scores}, name=f"{complete.name}_detector")
 
 
 def head_of(complete: keras.Model) -> keras.Model:

@@ -87,6 +87,15 @@ def evaluate(cfg: EvaluateConfig, corpus: corpus_lib.Corpus | None = None, sourc
     return results, reports.write_reports(cfg.results_dir, results, passes)
 
 
+def calibrate_complete(cfg: TrainConfig, corpus, source) -> dict:
+    """The complete model's temperature and thresholds (``models/calibration.json``), fitted on
+    its stage's validation split unless they already fit ``complete.keras``."""
+    from dfx_keras.evaluation import calibrate
+
+    _, val, _ = stages.complete_split(corpus, cfg.val_fraction)
+    return calibrate.calibrate(cfg.wd.model(COMPLETE), source, val, cfg.batch_size)
+
+
 def evaluate_raw(cfg: TrainConfig, corpus, source) -> dict:
     """Raw test of the workdir's complete model, and of its baseline beside it when
     ``models/baseline.keras`` exists, and its held-out folders (``holdout.csv``), reported in
@@ -122,6 +131,8 @@ def train(cfg: TrainConfig, plan: TrainPlan) -> dict:
             stages.train_base_model(cfg, corpus, source, name, dist)
     if plan.stage in ("all", "complete"):
         stages.train_complete_model(cfg, corpus, source, dist)
+        if chief:
+            calibrate_complete(cfg, corpus, source)
     if plan.stage == "baseline" or (plan.stage == "all" and plan.train_baseline):
         stages.train_baseline(cfg, corpus, source, dist)
     outcome = {"workdir": cfg.workdir, "stages": cfg.wd.stage_summaries()}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import datetime
 import errno
 import fcntl
@@ -191,6 +192,7 @@ def check_writable_folder(path: str, flag: str) -> None:
 MODELS, LOGS, RESULTS, EXPORT, FEATURES = "models", "logs", "results", "export", "features"
 BACKUP, CHECKPOINTS = "backup", "checkpoints"
 SPLIT_CSV, HOLDOUT_CSV, FLAGS_TXT, STAGES_JSON, LOCK_FILE = "split.csv", "holdout.csv", "flags.txt", "stages.json", ".lock"
+CALIBRATION_JSON = "calibration.json"  # beside the model file it was fitted to: models/calibration.json
 COMPLETE, BASELINE = "complete", "baseline"  # the stages besides the base models (and results.json keys)
 DEFAULT_MODEL_NAME = "dfx"  # export/<model_name>/, as TF Serving names a model
 DATA_FLAGS = ("data_dir", "data")  # the flags of flags.txt that locate the corpus
@@ -202,6 +204,20 @@ def export_versions(model_dir: str) -> list[int]:
     if not os.path.isdir(model_dir):
         return []
     return sorted(int(d) for d in os.listdir(model_dir) if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
+
+
+def calibration_path(model_path: str) -> str:
+    """Where a model file's calibration lives: ``calibration.json`` beside it."""
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), CALIBRATION_JSON)
+
+
+def file_sha256(path: str) -> str:
+    """The file's SHA-256: what an export and a calibration record of the model they came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

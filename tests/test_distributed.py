@@ -252,7 +252,8 @@ def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_pa
     assert [w.returncode for w in workers] == [0, 0], "\n\n".join(
         f"worker {i} (exit {w.returncode}):\n{err[-3000:]}" for i, (w, (_, err)) in enumerate(zip(workers, outputs)))
     assert all("2 replica(s)" in out for out, _ in outputs)
-    assert sorted(os.listdir(work / "models")) == ["bm_dm.keras", "bm_gan.keras", "bm_real.keras", "complete.keras"]
+    assert sorted(os.listdir(work / "models")) == ["bm_dm.keras", "bm_gan.keras", "bm_real.keras", "calibration.json",
+                                                   "complete.keras"]  # calibrated once, by the chief
     for name in ("bm_dm", "bm_gan", "bm_real", "complete"):
         with open(work / "logs" / f"{name}.csv", newline="") as f:
             assert [row["epoch"] for row in csv.DictReader(f)] == ["0"]  # one writer, one row

@@ -1,8 +1,9 @@
 """The SavedModel export: layout, signatures, parity with Keras, bad input, bombs, TF Serving forms.
 
-One tiny complete model (three ``tiny`` base models at 64x64) is exported once per module;
-its head's logits are scaled up so that different images get visibly different probabilities
-and the parity checks mean something.
+One tiny complete model (three ``tiny`` base models at 64x64) is exported once per module,
+calibrated (temperature ``T``) and with a threshold (``is_fake``); its head's logits are scaled
+up so that different images get visibly different probabilities and the parity checks mean
+something.
 """
 
 import base64
@@ -30,6 +31,10 @@ from dfx_keras.data import pipelines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
+T = 2.5  # the export's temperature: probabilities are softmax(logits / T)
+CALIBRATION = {"temperature": T, "thresholds": {"fpr_0.01": {"rate": 0.01, "threshold": 0.75, "fpr": 0.01,
+                                                             "n_real": 1000}}}
+THRESHOLD = {"threshold": 0.75, "spec": "fpr:0.01", "chosen_by": "false-positive rate 0.01 on 1000 validation real images"}
 
 
 def encode(array, fmt, **kwargs):
@@ -54,7 +59,7 @@ def export_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(complete, export_root):
-    return export.export_saved_model(complete, export_root)
+    return export.export_saved_model(complete, export_root, calibration=CALIBRATION, threshold=THRESHOLD)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +84,9 @@ def serve_images(loaded):
     return _signature(loaded, serving_module.SIGNATURE_IMAGES, serving_module.IMAGES_INPUT, tf.float32)
 
 
-def keras_probabilities(model, images):
-    """The reference: the Keras complete model on model-size float images, softmaxed."""
-    return tf.nn.softmax(model(tf.stack(images), training=False)).numpy()
+def keras_probabilities(model, images, temperature=T):
+    """The reference: the Keras complete model on model-size float images, softmaxed at ``temperature``."""
+    return tf.nn.softmax(model(tf.stack(images), training=False) / temperature).numpy()
 
 
 # --- layout ----------------------------------------------------------------------------------------
@@ -93,6 +98,9 @@ def test_export_layout_metadata_and_no_leftovers(exported, export_root):
     meta = export.read_metadata(exported)
     assert (meta["model_name"], meta["version"], meta["max_pixels"]) == ("dfx", 1, serving_module.DEFAULT_MAX_PIXELS)
     assert meta["image_size"] == SIZE and meta["class_names"] == list(dfx_keras.CLASS_NAMES)
+    assert meta["temperature"] == T and meta["calibration"] == CALIBRATION and meta["threshold"] == THRESHOLD
+    assert meta["decision"] == "is_fake = fake_score > 0.75"
+    assert meta["outputs"] == [*serving_module.OUTPUTS, "logits", "base_scores", "is_fake"]
     assert export.directory_size(exported) < 20 * 2 ** 20  # weights only: no optimizer slots
 
 
@@ -115,8 +123,10 @@ def test_signatures_as_documented(loaded):
     (spec,) = default.structured_input_signature[1].values()
     assert (spec.name, spec.dtype, spec.shape.as_list()) == ("image_bytes", tf.string, [None])
     outputs = default.structured_outputs
-    assert set(outputs) == set(serving_module.OUTPUTS)
-    assert outputs["probabilities"].shape.as_list() == [None, 3]
+    assert set(outputs) == {*serving_module.OUTPUTS, *serving_module.DETECTOR_OUTPUTS, serving_module.DECISION_OUTPUT}
+    for name in ("probabilities", "logits", "base_scores"):
+        assert outputs[name].shape.as_list() == [None, 3]
+    assert outputs["is_fake"].dtype == tf.bool
     assert (outputs["class_id"].dtype, outputs["class_name"].dtype) == (tf.int64, tf.string)
     (images,) = loaded.signatures[serving_module.SIGNATURE_IMAGES].structured_input_signature[1].values()
     assert (images.name, images.dtype, images.shape.as_list()) == ("images", tf.float32, [None, None, None, 3])
@@ -137,6 +147,25 @@ def test_probabilities_equal_the_keras_model_for_the_same_decoded_image(complete
     np.testing.assert_array_equal(out["class_id"], expected.argmax(axis=1))
     np.testing.assert_array_equal(out["class_name"], [dfx_keras.CLASS_NAMES[i].encode() for i in expected.argmax(1)])
     np.testing.assert_allclose(out["fake_score"], 1 - expected[:, 2], atol=1e-5)
+    np.testing.assert_allclose(out["logits"], complete(tf.stack([pipelines.resize(d, SIZE) for d in decoded])), atol=1e-4)
+    np.testing.assert_array_equal(out["is_fake"], out["fake_score"] > 0.75)
+
+
+def test_base_scores_are_each_base_models_own_main_class_probability(complete, serve_bytes):
+    """Softmax of each base model's own output, index 1, in DM, GAN, REAL order; not calibrated."""
+    pngs = [encode(random_image(48, 70, seed), "PNG") for seed in range(3)]
+    images = tf.stack([pipelines.resize(pipelines.decode_image(p), SIZE) for p in pngs])
+    extractors = dfx_keras.models.base_feature_extractors(complete)
+    expected = np.stack([tf.nn.softmax(e(images)[1])[:, 1].numpy() for e in extractors], axis=1)
+    np.testing.assert_allclose(serve_bytes(pngs)["base_scores"], expected, atol=1e-5)
+
+
+def test_an_uncalibrated_export_without_threshold_keeps_the_old_outputs_and_adds_logits(complete, tmp_path):
+    path = export.export_saved_model(complete, str(tmp_path))
+    outputs = tf.saved_model.load(path).signatures[export.SIGNATURE_BYTES].structured_outputs
+    assert set(outputs) == {*serving_module.OUTPUTS, *serving_module.DETECTOR_OUTPUTS}
+    meta = export.read_metadata(path)
+    assert (meta["temperature"], meta["calibration"], meta["threshold"], meta["decision"]) == (1.0, None, None, None)
 
 
 def test_jpeg_bytes_match_tf_decoding_not_pil(complete, serve_bytes):
@@ -423,7 +452,8 @@ sys.meta_path.insert(0, Block())
 import tensorflow as tf
 signature = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
 out = signature(image_bytes=tf.constant([open(sys.argv[2], "rb").read()]))
-print(json.dumps(out["probabilities"].numpy().tolist()))
+extra = json.load(open(sys.argv[1] + "/assets.extra/dfx_export.json"))
+print(json.dumps({k: v.numpy().tolist() for k, v in out.items() if k != "class_name"} | {"meta": extra}))
 """
 
 
@@ -432,8 +462,11 @@ def test_export_runs_in_a_fresh_process_with_only_tensorflow(exported, serve_byt
     (tmp_path / "image.png").write_bytes(png)
     result = _run([sys.executable, "-c", FRESH, exported, str(tmp_path / "image.png")], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]),
-                               serve_bytes([png])["probabilities"], atol=1e-6)
+    fresh, here = json.loads(result.stdout.strip().splitlines()[-1]), serve_bytes([png])
+    for name in ("probabilities", "fake_score", "logits", "base_scores"):
+        np.testing.assert_allclose(fresh[name], here[name], atol=1e-6)
+    assert fresh["is_fake"] == here["is_fake"].tolist()
+    assert fresh["meta"]["threshold"]["threshold"] == 0.75 and fresh["meta"]["temperature"] == T
 
 
 def test_saved_model_cli_show_and_run(exported, tmp_path):
@@ -444,7 +477,7 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
     assert show.returncode == 0, show.stderr[-2000:]
     default = show.stdout.split("signature_def['serving_default']")[1].split("signature_def[")[0]
     assert "inputs['image_bytes']" in default and "dtype: DT_STRING" in default and "shape: (-1)" in default
-    for name in serving_module.OUTPUTS:
+    for name in (*serving_module.OUTPUTS, *serving_module.DETECTOR_OUTPUTS, serving_module.DECISION_OUTPUT):
         assert f"outputs['{name}']" in default
     assert "signature_def['serving_images']" in show.stdout and "shape: (-1, -1, -1, 3)" in show.stdout
 
@@ -452,7 +485,8 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
     run = _run([cli, "run", "--dir", exported, "--tag_set", "serve", "--signature_def", "serving_default",
                 "--inputs", f"image_bytes={tmp_path / 'in.npy'}"])
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "Result for output key class_name" in run.stdout and "Result for output key probabilities" in run.stdout
+    for name in ("class_name", "probabilities", "base_scores", "is_fake"):
+        assert f"Result for output key {name}" in run.stdout
 
 
 def test_export_cli_and_workdir_reuse(complete, tmp_path):
@@ -464,6 +498,24 @@ def test_export_cli_and_workdir_reuse(complete, tmp_path):
     path = str(workdir / "export" / "dfx" / "3")
     assert f"exported {path} (" in result.stdout and "MiB)" in result.stdout
     assert export.export_workdir(str(workdir), reuse=True) == path  # same model file: no new version
+    assert export.read_metadata(path)["calibration"] is None  # none fitted: exported at temperature 1
+
+    # A calibration fitted to this very file is baked in; --threshold=fpr:R takes its threshold.
+    model_file = str(workdir / "models" / "complete.keras")
+    calibration = {**CALIBRATION, "model_sha256": export.file_sha256(model_file)}
+    (workdir / "models" / "calibration.json").write_text(json.dumps(calibration))
+    result = _run([sys.executable, "-m", "dfx_keras.cli", "export", f"--workdir={workdir}", "--threshold=fpr:0.01"], cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    path = str(workdir / "export" / "dfx" / "4")
+    meta = export.read_metadata(path)
+    assert meta["temperature"] == T and meta["threshold"]["threshold"] == 0.75 and meta["threshold"]["rate"] == 0.01
+    assert "is_fake = fake_score > 0.75 (false-positive rate 0.01 on 1000 validation real images)" in result.stdout
+    assert export.export_workdir(str(workdir), reuse=True) != path  # no threshold asked: another export
+    with pytest.raises(ValueError, match="no such rate was chosen at calibration; available: fpr:0.01"):
+        export.export_workdir(str(workdir), threshold="fpr:0.02")  # the CLI prints it as a usage error
+    # A calibration of another file (a retrained model) is stale: not used.
+    (workdir / "models" / "calibration.json").write_text(json.dumps({**calibration, "model_sha256": "0" * 64}))
+    assert export.read_metadata(export.export_workdir(str(workdir)))["temperature"] == 1.0
     with pytest.raises(FileNotFoundError, match="no model to export"):  # the CLI prints it as a usage error
         export.export_workdir(str(tmp_path / "none"))
 

@@ -58,7 +58,7 @@ def test_base_model_structure(tiny_models):
     bm = tiny_models[0]
     assert bm.input_shape == (None, 32, 32, 3) and bm.output_shape == (None, 2)
     assert isinstance(bm.get_layer("tiny"), keras.Model)
-    assert models.feature_extractor(bm).output_shape == (None, 64)
+    assert models.feature_extractor(bm).output_shape == [(None, 64), (None, 2)]  # features, and its own output
 
 
 def test_complete_model_stacks_frozen_features_in_dm_gan_real_order(tiny_models, tmp_path):
@@ -71,7 +71,7 @@ def test_complete_model_stacks_frozen_features_in_dm_gan_real_order(tiny_models,
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     stacked = keras.Model(complete.input, complete.get_layer("stacked_features").output)(images).numpy()
     for channel, bm in enumerate(tiny_models):
-        np.testing.assert_allclose(stacked[..., channel], models.feature_extractor(bm)(images).numpy(), atol=1e-5)
+        np.testing.assert_allclose(stacked[..., channel], models.feature_extractor(bm)(images)[0].numpy(), atol=1e-5)
     # A frozen extractor runs BatchNorm in inference mode even when the model trains.
     np.testing.assert_allclose(complete(images, training=True).numpy(),
                                complete.get_layer("head")(stacked, training=True).numpy(), atol=1e-5)
@@ -79,6 +79,36 @@ def test_complete_model_stacks_frozen_features_in_dm_gan_real_order(tiny_models,
     complete.save(path)
     loaded = models.load_model(path)
     np.testing.assert_allclose(loaded(images).numpy(), complete(images).numpy(), atol=1e-6)
+
+
+def test_detector_model_gives_logits_and_each_base_models_own_score_after_loading(tiny_models, tmp_path):
+    complete = dfx_keras.build_complete_model(*tiny_models)
+    path = str(tmp_path / "complete.keras")
+    complete.save(path)
+    loaded = models.load_model(path)
+    assert models.has_base_outputs(loaded)
+    images = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    out = models.detector_model(loaded)(images)
+    np.testing.assert_allclose(out["logits"].numpy(), complete(images).numpy(), atol=1e-5)
+    expected = np.stack([keras.ops.softmax(bm(images))[:, 1] for bm in tiny_models], axis=1)  # DM, GAN, REAL
+    np.testing.assert_allclose(out["base_scores"].numpy(), expected, atol=1e-5)
+
+
+def test_a_complete_model_saved_with_features_only_still_loads_and_detects(tiny_models, tmp_path):
+    """complete.keras files of earlier versions nest feature-only extractors: they load, give
+    logits, and have no base scores to give."""
+    inputs = keras.Input((32, 32, 3), name="image")
+    features = [keras.Model(bm.input, bm.get_layer("features").output, name=f"{bm.name}_features")(inputs)
+                for bm in tiny_models]
+    old = keras.Model(inputs, models.build_head(64)(models.stack_features(features)), name="complete")
+    path = str(tmp_path / "old.keras")
+    old.save(path)
+    loaded = models.load_model(path)
+    assert not models.has_base_outputs(loaded)
+    images = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    out = models.detector_model(loaded)(images)
+    assert set(out) == {"logits"}
+    np.testing.assert_allclose(out["logits"].numpy(), old(images).numpy(), atol=1e-5)
 
 
 def test_complete_model_rejects_mismatched_base_models(tiny_models):
@@ -148,3 +178,12 @@ def test_adam_l2_is_coupled_weight_decay():
     np.testing.assert_allclose(decoupled.numpy(), w0 - 0.01 * 0.1 * w0, atol=1e-6)
     config = AdamL2(l2=0.1).get_config()
     assert AdamL2.from_config(config).l2 == pytest.approx(0.1)
+
+
+def test_the_baseline_is_a_detector_of_logits_only():
+    baseline = models.build_baseline_model("tiny", 32)
+    assert not models.is_complete_model(baseline) and not models.has_base_outputs(baseline)
+    images = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    out = models.detector_model(baseline)(images)
+    assert set(out) == {"logits"}
+    np.testing.assert_allclose(out["logits"].numpy(), baseline(images).numpy(), atol=1e-6)

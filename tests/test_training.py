@@ -56,6 +56,20 @@ def test_train_cli_runs_every_stage_and_honours_the_workdir_contract(tmp_path):
     test_table = result.stdout[result.stdout.index("test (balanced)"):].splitlines()
     assert [line.split()[0] for line in test_table[1:3]] == ["complete", "baseline"]  # side by side
     assert results["baseline"]["raw"]["three_class"]["n"] == results["raw"]["three_class"]["n"]
+    # Calibrated after the complete stage (on its validation split), reported on the test pool.
+    calibration = json.load(open(f"{work}/models/calibration.json"))
+    assert 0.05 <= calibration["temperature"] <= 20 and set(calibration["thresholds"]) == {"fpr_0.01", "fpr_0.05"}
+    assert results["calibration"]["temperature"] == calibration["temperature"]
+    assert {"ece_before", "ece_after", "bins"} <= set(results["calibration"])
+    for key in ("fpr_0.01", "fpr_0.05"):
+        assert set(results["thresholds"][key]) >= {"threshold", "tpr", "fpr"}
+        assert results["thresholds"][key]["threshold"] == calibration["thresholds"][key]["threshold"]
+    assert "calibration" not in results["baseline"]  # calibration.json belongs to complete.keras
+    for plot in ("reliability.png", "roc.png"):
+        assert os.path.getsize(f"{work}/results/{plot}") > 10_000
+    exported = json.load(open(f"{work}/export/dfx/1/assets.extra/dfx_export.json"))
+    assert exported["temperature"] == calibration["temperature"]
+    assert exported["outputs"][-2:] == ["logits", "base_scores"]
     stages = json.load(open(f"{work}/logs/stages.json"))
     for name in ("bm_dm", "bm_gan", "bm_real"):
         s = stages[name]
@@ -69,8 +83,10 @@ def test_train_cli_runs_every_stage_and_honours_the_workdir_contract(tmp_path):
     check = subprocess.run([sys.executable, checker, work], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
 
+    os.remove(f"{work}/models/calibration.json")
     again = _train_cli(f"--workdir={work}", f"--data_dir={data}", "--epochs=2", *TINY)
     assert again.returncode == 0 and "Epoch 1/" not in again.stdout  # finished stages are skipped
+    assert json.load(open(f"{work}/models/calibration.json")) == calibration  # a missing calibration is fitted again
 
 
 @pytest.mark.parametrize("args,message", [

@@ -20,6 +20,10 @@ def define_flags() -> None:
                         "names it.")
     flags.DEFINE_integer("version", D.version, "Version folder to write (an existing one is refused); default: "
                          "the next integer.", lower_bound=1)
+    flags.DEFINE_string("threshold", D.threshold, "Add an is_fake output (fake_score > threshold): fpr:RATE takes "
+                        "the threshold chosen at calibration for that false-positive rate on the validation real "
+                        "images (fpr:0.01 or fpr:0.05), a number is used as it is. Recorded in "
+                        "assets.extra/dfx_export.json.")
     flags.DEFINE_integer("max_pixels", D.max_pixels, "Largest width x height an encoded image may declare; "
                          "larger ones are refused before decoding (decompression bombs).", lower_bound=1)
 
@@ -28,7 +32,8 @@ def config_from_flags() -> ExportConfig:
     if not FLAGS.workdir and not (FLAGS.model and FLAGS.export_dir):
         raise app.UsageError("give --workdir=W (or --model=FILE.keras with --export_dir=DIR)")
     return ExportConfig(workdir=FLAGS.workdir, model=FLAGS.model, export_dir=FLAGS.export_dir,
-                        model_name=FLAGS.model_name, version=FLAGS.version, max_pixels=FLAGS.max_pixels)
+                        model_name=FLAGS.model_name, version=FLAGS.version, max_pixels=FLAGS.max_pixels,
+                        threshold=FLAGS.threshold)
 
 
 def main(argv):
@@ -39,7 +44,11 @@ def main(argv):
 
     try:
         path = export.export_workdir(cfg.workdir, cfg.export_dir, cfg.model_name, cfg.version, cfg.max_pixels,
-                                     cfg.model)
-    except (FileNotFoundError, FileExistsError) as e:
+                                     cfg.model, threshold=cfg.threshold)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     print(f"exported {path} ({export.directory_size(path) / 2 ** 20:.1f} MiB)")
+    metadata = export.read_metadata(path)
+    print(f"temperature {metadata['temperature']:.4g}; outputs: {', '.join(metadata['outputs'])}")
+    if metadata["threshold"]:
+        print(f"{metadata['decision']} ({metadata['threshold']['chosen_by']})")

@@ -13,6 +13,7 @@ import dataclasses
 import os
 from typing import Callable
 
+from dfx_keras.calibration import calibration_of
 from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES
 from dfx_keras.workdir import export_versions
 
@@ -23,7 +24,13 @@ class Classifier:
 
     ``image_size``: the side of the square float images in [0, 255] it takes (the pipeline
     resizes to it); None when it takes encoded image bytes and resizes itself (a SavedModel's
-    ``serving_default``). ``probabilities``: batch -> (B, 3) probabilities, a compiled function.
+    ``serving_default``). ``probabilities``: batch -> (B, 3) *uncalibrated* probabilities, a
+    compiled function. ``calibration``: the model's ``calibrate.fit`` (temperature, thresholds)
+    when it has one; ``protocols.predict`` divides the logits by its temperature, as the export
+    does. ``outputs`` (bytes classifiers): batch -> every output of the serving signature
+    (calibrated ``probabilities``, ``fake_score``, ``logits``, ``base_scores``, ``is_fake``),
+    what ``dfx_keras.predict`` shows. ``keras_model``: the Keras model behind it, if any
+    (Grad-CAM needs its layers).
     """
 
     name: str
@@ -31,10 +38,20 @@ class Classifier:
     probabilities: Callable
     source_path: str = ""
     max_pixels: int | None = None  # a SavedModel's decompression-bomb limit, as its export recorded it
+    calibration: dict | None = None
+    outputs: Callable | None = None
+    keras_model: object = None
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
 
 
-def keras_classifier(model, name: str = "model", source_path: str = "") -> Classifier:
-    """A 3-class Keras model (images in [0, 255] -> logits), compiled once for any batch size."""
+def keras_classifier(model, name: str = "model", source_path: str = "", calibration: dict | None = None,
+                     encoded: bool = False) -> Classifier:
+    """A 3-class Keras model (images in [0, 255] -> logits), compiled once for any batch size.
+    ``encoded``: wrapped in the export's serving module in memory (bytes checked, decoded and
+    resized as under TF Serving; the same outputs, calibrated by ``calibration``)."""
     import tensorflow as tf
 
     if model.output_shape[-1] != NUM_CLASSES:
@@ -43,9 +60,29 @@ def keras_classifier(model, name: str = "model", source_path: str = "") -> Class
     size = model.input_shape[1]
     from dfx_keras.serving.module import class_outputs
 
+    if encoded:
+        from dfx_keras.serving.module import ServingModule
+
+        module = ServingModule(model, temperature=(calibration or {}).get("temperature", 1.0))
+        return _signature_classifier(lambda batch: module.serve_bytes(image_bytes=tf.cast(batch, tf.string)), name,
+                                     None, source_path, module.max_pixels, calibration, keras_model=model)
     fn = tf.function(lambda images: class_outputs(model(images, training=False))["probabilities"],
                      input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-    return Classifier(name, size, fn, source_path)
+    return Classifier(name, size, fn, source_path, calibration=calibration, keras_model=model)
+
+
+def _signature_classifier(signature: Callable, name: str, image_size: int | None, path: str, max_pixels: int | None,
+                          calibration: dict | None, keras_model=None) -> Classifier:
+    """A classifier around a serving signature (batch -> outputs): its ``probabilities`` are the
+    uncalibrated ones (softmax of ``logits`` when it serves them, as calibrated exports do)."""
+    import tensorflow as tf
+
+    def uncalibrated(batch):
+        outputs = signature(batch)
+        return tf.nn.softmax(outputs["logits"], axis=-1) if "logits" in outputs else outputs["probabilities"]
+
+    return Classifier(name, image_size, tf.function(uncalibrated, reduce_retracing=True), path, max_pixels,
+                      calibration, signature, keras_model)
 
 
 def saved_model_classifier(path: str, name: str = "model", encoded: bool = False) -> Classifier:
@@ -66,10 +103,15 @@ def saved_model_classifier(path: str, name: str = "model", encoded: bool = False
     if "probabilities" not in signature.structured_outputs:
         raise ValueError(f"signature {signature_name} of {path} has no 'probabilities' output")
     (key, spec), = signature.structured_input_signature[1].items()
-    fn = tf.function(lambda batch: signature(**{key: tf.cast(batch, spec.dtype)})["probabilities"],
-                     reduce_retracing=True)
-    fn.loaded_model = loaded  # keeps the loaded object (and its variables) alive with the function
-    return Classifier(name, image_size, fn, path, _recorded(path).get("max_pixels"))
+
+    def outputs(batch):
+        return signature(**{key: tf.cast(batch, spec.dtype)})
+
+    outputs.loaded_model = loaded  # keeps the loaded object (and its variables) alive with the function
+    recorded = metadata(path)
+    # A calibrated export serves calibrated probabilities and the raw ``logits`` beside them.
+    calibration = recorded.get("calibration") if "logits" in signature.structured_outputs else None
+    return _signature_classifier(outputs, name, image_size, path, recorded.get("max_pixels"), calibration)
 
 
 def _float_signature_size(loaded, path: str) -> int | None:
@@ -81,12 +123,12 @@ def _float_signature_size(loaded, path: str) -> int | None:
     if spec.shape[1] is not None and spec.shape[1] == spec.shape[2]:
         return int(spec.shape[1])
     try:
-        return int(_recorded(path)["image_size"])
+        return int(metadata(path)["image_size"])
     except (KeyError, ValueError, TypeError):
         return None
 
 
-def _recorded(path: str) -> dict:
+def metadata(path: str) -> dict:
     """What ``serving.export`` recorded beside a SavedModel (empty for another exporter's)."""
     from dfx_keras.serving.export import read_metadata
 
@@ -108,13 +150,14 @@ def resolve_saved_model(path: str) -> str:
 
 def load_classifier(path: str, name: str = "model", encoded: bool = False) -> Classifier:
     """A ``.keras`` file, a SavedModel folder or a TF Serving model folder (its newest version),
-    with a clear error for anything else. ``encoded``: a SavedModel's bytes signature."""
+    with a clear error for anything else. ``encoded``: a SavedModel's bytes signature, or a
+    ``.keras`` model in the export's serving module (``keras_classifier``)."""
     if os.path.isdir(path) and (os.path.isfile(os.path.join(path, "saved_model.pb")) or export_versions(path)):
         return saved_model_classifier(resolve_saved_model(path), name, encoded)
     if os.path.isfile(path) and path.endswith(".keras"):
         from dfx_keras import models
 
-        return keras_classifier(models.load_model(path), name, path)
+        return keras_classifier(models.load_model(path), name, path, calibration_of(path), encoded)
     raise FileNotFoundError(f"no model at {path}: expected a .keras file or a SavedModel folder "
                             "(one holding saved_model.pb, e.g. W/export/dfx/1, or W/export/dfx for its newest version)")
 

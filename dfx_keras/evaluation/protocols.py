@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 from absl import logging
 
-from dfx_keras.classes import DM, GAN, NUM_CLASSES, REAL
+from dfx_keras import calibration, thresholds
+from dfx_keras.classes import DM, GAN, NUM_CLASSES, REAL, fake_score
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data.holdout import folder_name
 from dfx_keras.evaluation.classifier import Classifier, model_identity
@@ -29,11 +30,13 @@ GENERALIZATION_MEAN_KEYS = ("accuracy", "precision", "recall", "f1", "real_preci
 @dataclasses.dataclass
 class Predictions:
     """What one pass over a list of images produced: the samples read, in the order read,
-    their probabilities, and the paths that could not be read (or attacked)."""
+    their (calibrated) probabilities, the paths that could not be read (or attacked), and the
+    uncalibrated logits (log-probabilities) the probabilities came from."""
 
     samples: list[corpus_lib.Sample]
     probabilities: np.ndarray
     skipped: list[str]
+    logits: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -94,7 +97,9 @@ def predict(classifier: Classifier, source, samples: Sequence[corpus_lib.Sample]
     read = [by_path[p.decode()] for p in np.concatenate(paths)] if paths else []
     read_paths = {s.path for s in read}
     probs = np.concatenate(probabilities).astype(np.float64) if probabilities else np.zeros((0, NUM_CLASSES))
-    return Predictions(read, probs, [s.path for s in samples if s.path not in read_paths])
+    logits = calibration.logits_of(probs)
+    return Predictions(read, calibration.softmax(logits, classifier.temperature),
+                       [s.path for s in samples if s.path not in read_paths], logits)
 
 
 def skipped_block(predictions: Predictions) -> dict:
@@ -252,6 +257,7 @@ def evaluate(classifier: Classifier, protocols: Sequence[str], source=None,
     if "raw" in protocols:
         results["raw"], clean = raw_protocol(classifier, source, test_samples, batch_size, seed)
         results["per_architecture"] = per_architecture_accuracy(clean.samples, clean.probabilities)
+        results.update(calibration_results(classifier, clean))
         passes.append(("raw", "none", clean))
     if "robustness" in protocols:
         results["robustness"], attacked = robustness_protocol(classifier, source, test_samples, batch_size, seed)
@@ -265,6 +271,18 @@ def evaluate(classifier: Classifier, protocols: Sequence[str], source=None,
         results["holdout"], held = holdout_protocol(classifier, source, sets, batch_size)
         passes.extend(("holdout", "none", p) for p in held.values())
     return results, passes
+
+
+def calibration_results(classifier: Classifier, clean: Predictions) -> dict:
+    """``calibration`` (ECE on the test pool before and after the model's temperature) and
+    ``thresholds`` (the validation-chosen thresholds' rates on the test pool), for a calibrated
+    model; nothing for one without a calibration."""
+    if not classifier.calibration:
+        return {}
+    labels = clean.labels
+    return {"calibration": calibration.calibration_block(clean.logits, labels, classifier.temperature),
+            "thresholds": thresholds.measured_on_test(classifier.calibration.get("thresholds", {}),
+                                                      fake_score(clean.probabilities), labels != REAL)}
 
 
 def evaluate_models(classifiers: Sequence[Classifier], protocols: Sequence[str], **kwargs

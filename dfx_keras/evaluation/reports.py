@@ -16,6 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from dfx_keras.classes import CLASS_NAMES
+from dfx_keras.evaluation import calibration_plots
 from dfx_keras.evaluation.metrics import label_name, safe_div
 from dfx_keras.workdir import BASELINE, atomic_write
 
@@ -315,12 +316,39 @@ def results_markdown(results: Mapping, confusion_plots: Mapping[str, str] = {}, 
     lines.append("")
     lines += _raw_section(models)
     lines += [f"![{model} confusion matrix]({plot})\n" for model, plot in confusion_plots.items()]
+    lines += _calibration_section(results)
     lines += _per_architecture_section(models)
     lines += _robustness_section(models, attacks_plot)
     lines += _generalization_section(models)
     lines += _holdout_section(models)
     lines += _skipped_section(models, data)
     return "\n".join(lines)
+
+
+def _calibration_section(results: Mapping) -> list[str]:
+    """The main model's calibration (ECE before/after) and its operating thresholds on test."""
+    lines = []
+    if "calibration" in results:
+        c = results["calibration"]
+        lines += ["## Calibration", "", f"Temperature {_fmt(c['temperature'])}: expected calibration error on the "
+                  f"test pool {_fmt(c['ece_before'])} before, {_fmt(c['ece_after'])} after ({c['bins']} bins).", "",
+                  f"![reliability diagram]({calibration_plots.RELIABILITY_PNG})", ""]
+    if results.get("thresholds"):
+        rows = [(key, f"{b['threshold']:.4g}", _fmt(b.get("val_fpr")), _fmt(b["fpr"]), _fmt(b["tpr"]))
+                for key, b in results["thresholds"].items()]
+        lines += ["## Operating thresholds", "", "`fake_score > threshold` is fake; thresholds chosen on the "
+                  "validation real images, rates measured on the test pool.", "",
+                  _table(["target", "threshold", "validation FPR", "test FPR", "test TPR"], rows), "",
+                  f"![ROC curve]({calibration_plots.ROC_PNG})", ""]
+    return lines
+
+
+def _raw_pass(passes_by_model: Mapping[str, Iterable] | None):
+    """The main model's raw test pass among ``evaluation.evaluate``'s passes, or None."""
+    for protocol, attack, predictions in next(iter((passes_by_model or {}).values()), ()):
+        if (protocol, attack) == ("raw", "none"):
+            return predictions
+    return None
 
 
 # --- everything ------------------------------------------------------------------------------
@@ -344,6 +372,7 @@ def write_reports(results_dir: str, results: Mapping, passes_by_model: Mapping[s
     if attacks:
         plot_attack_strength(os.path.join(results_dir, attacks), models)
     written["plots"] = [os.path.join(results_dir, p) for p in [*confusion.values(), *([attacks] if attacks else [])]]
+    written["plots"] += calibration_plots.write_plots(results_dir, merged, _raw_pass(passes_by_model))
     written["markdown"] = os.path.join(results_dir, RESULTS_MD)
     atomic_write(written["markdown"], results_markdown(merged, confusion, attacks))
     if passes_by_model is not None:

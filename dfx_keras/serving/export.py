@@ -7,21 +7,21 @@ complete: TF Serving never sees half an export, and an existing version is never
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from dfx_keras import __version__
+from dfx_keras import __version__, thresholds
+from dfx_keras.calibration import calibration_of
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data.corpus import DEFAULT_MAX_PIXELS
-from dfx_keras.serving.module import (BYTES_INPUT, IMAGES_INPUT, OUTPUTS, SIGNATURE_BYTES, SIGNATURE_IMAGES,
-                                      ServingModule)
-from dfx_keras.workdir import (COMPLETE, DEFAULT_MODEL_NAME, Workdir, atomic_write, export_versions, make_temporary_folder,
-                               remove_dead_temporaries)
+from dfx_keras.serving.module import BYTES_INPUT, IMAGES_INPUT, SIGNATURE_BYTES, SIGNATURE_IMAGES, ServingModule
+from dfx_keras.workdir import (COMPLETE, DEFAULT_MODEL_NAME, Workdir, atomic_write, export_versions,
+                               calibration_path, file_sha256, make_temporary_folder, remove_dead_temporaries)
 
 METADATA_FILE = "dfx_export.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -76,14 +76,6 @@ def directory_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_metadata(export_path: str) -> dict:
     """What ``export_saved_model`` recorded in ``assets.extra/dfx_export.json``."""
     with open(os.path.join(export_path, "assets.extra", METADATA_FILE)) as f:
@@ -91,13 +83,19 @@ def read_metadata(export_path: str) -> dict:
 
 
 def _write_extras(path: str, module: ServingModule, model_name: str, version: int, source: str | None,
-                  source_sha256: str | None = None) -> None:
+                  source_sha256: str | None = None, calibration: dict | None = None,
+                  threshold: dict | None = None) -> None:
+    """``dfx_export.json`` (what the export is, where it came from, its temperature and
+    threshold with their provenance) and the TF Serving warmup requests."""
     extra = os.path.join(path, "assets.extra")
     os.makedirs(extra)
     metadata = {
         "model_name": model_name, "version": version, "max_pixels": module.max_pixels,
         "image_size": module.image_size, "class_names": list(CLASS_NAMES),
-        "signatures": {SIGNATURE_BYTES: BYTES_INPUT, SIGNATURE_IMAGES: IMAGES_INPUT}, "outputs": list(OUTPUTS),
+        "signatures": {SIGNATURE_BYTES: BYTES_INPUT, SIGNATURE_IMAGES: IMAGES_INPUT},
+        "outputs": list(module.output_names), "temperature": module.temperature,
+        "calibration": calibration, "threshold": threshold,
+        "decision": (f"is_fake = fake_score > {threshold['threshold']!r}" if threshold else None),
         "source": source, "source_sha256": source_sha256 or (file_sha256(source) if source else None),
         "dfx_keras": __version__, "tensorflow": tf.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -109,7 +107,8 @@ def _write_extras(path: str, module: ServingModule, model_name: str, version: in
 
 def export_saved_model(model, export_root: str, model_name: str = DEFAULT_MODEL_NAME, version: int | None = None,
                        max_pixels: int = DEFAULT_MAX_PIXELS, source: str | None = None,
-                       source_sha256: str | None = None) -> str:
+                       source_sha256: str | None = None, calibration: dict | None = None,
+                       threshold: dict | None = None) -> str:
     """Write ``export_root/model_name/<version>/`` and return its path.
 
     ``version`` None takes the next integer (the one after, if a concurrent export takes it
@@ -117,7 +116,8 @@ def export_saved_model(model, export_root: str, model_name: str = DEFAULT_MODEL_
     after its writing process, and renamed when complete, so TF Serving never loads half an
     export; the temporary folders of killed exports are removed. An existing version is
     refused, never replaced. ``source``, the ``.keras`` file the model came from, is recorded
-    with its hash (``source_sha256`` when the caller has it).
+    with its hash (``source_sha256`` when the caller has it). ``calibration`` (``calibrate.fit``)
+    bakes its temperature into the graph; ``threshold`` (``thresholds.resolve``) adds ``is_fake``.
     """
     model_dir = os.path.join(export_root, model_name)
     os.makedirs(model_dir, exist_ok=True)
@@ -130,9 +130,10 @@ def export_saved_model(model, export_root: str, model_name: str = DEFAULT_MODEL_
         raise _version_exists(model_dir, version)
     tmp = make_temporary_folder(model_dir, str(version))
     try:
-        module = ServingModule(model, max_pixels)
+        module = ServingModule(model, max_pixels, (calibration or {}).get("temperature", 1.0),
+                               threshold["threshold"] if threshold else None)
         tf.saved_model.save(module, tmp, signatures=module.signatures())
-        _write_extras(tmp, module, model_name, version, source, source_sha256)
+        _write_extras(tmp, module, model_name, version, source, source_sha256, calibration, threshold)
         return _publish(tmp, model_dir, version, renumber)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -165,11 +166,14 @@ def _publish(tmp: str, model_dir: str, version: int, renumber: bool) -> str:
 
 
 def export_workdir(workdir: str, export_dir: str | None = None, model_name: str = DEFAULT_MODEL_NAME, version: int | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, model_path: str | None = None, reuse: bool = False) -> str:
-    """Export the workdir's complete model (or ``model_path``) under ``export_dir`` (W/export).
+                   max_pixels: int = DEFAULT_MAX_PIXELS, model_path: str | None = None, reuse: bool = False,
+                   threshold: str | None = None) -> str:
+    """Export the workdir's complete model (or ``model_path``) under ``export_dir`` (W/export),
+    calibrated by the ``calibration.json`` fitted to that file, with ``is_fake`` when a
+    ``threshold`` is given (``fpr:0.01`` or a number; see ``thresholds.resolve``).
 
     ``reuse`` (train.py) returns the newest export instead when it was made from the same
-    model file and pixel limit, so rerunning a finished training does not pile up copies.
+    model file, pixel limit and calibration, so rerunning a finished training does not pile up copies.
     """
     wd = Workdir(workdir) if workdir else None
     model_path = model_path or wd.model(COMPLETE)
@@ -177,13 +181,20 @@ def export_workdir(workdir: str, export_dir: str | None = None, model_name: str 
         raise FileNotFoundError(f"no model to export: {model_path} (train the complete model first)")
     model_dir = os.path.join(export_dir, model_name) if export_dir else wd.export(model_name)
     sha256 = file_sha256(model_path)
+    calibration = calibration_of(model_path)
+    chosen = thresholds.resolve(threshold, calibration) if threshold else None
     existing = export_versions(model_dir) if reuse and version is None else []
     if existing:
         latest = os.path.join(model_dir, str(existing[-1]))
         recorded = read_metadata(latest)
-        if recorded.get("source_sha256") == sha256 and recorded.get("max_pixels") == max_pixels:
+        if (recorded.get("source_sha256") == sha256 and recorded.get("max_pixels") == max_pixels
+                and recorded.get("calibration") == calibration and recorded.get("threshold") == chosen):
             return latest
+    if calibration is None:
+        logging.warning("%s has no calibration fitted to it (%s): exported uncalibrated (temperature 1); train.py "
+                        "--stage=complete on its workdir fits one", model_path, calibration_path(model_path))
     from dfx_keras import models
 
     return export_saved_model(models.load_model(model_path), os.path.dirname(model_dir), model_name, version, max_pixels,
-                              source=os.path.abspath(model_path), source_sha256=sha256)
+                              source=os.path.abspath(model_path), source_sha256=sha256, calibration=calibration,
+                              threshold=chosen)

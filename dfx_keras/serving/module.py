@@ -12,7 +12,11 @@ where only TensorFlow is installed (no ``dfx_keras``, no ``keras_cv``, no Keras 
   inside the same way.
 
 Both return ``probabilities`` [B, 3], ``class_id`` [B], ``class_name`` [B] and ``fake_score``
-[B] = 1 - p(real). The backbones' normalisation is a layer of the model, so it is in the graph.
+[B] = 1 - p(real), calibrated by the workdir's temperature (``models/calibration.json``) baked
+into the graph; ``logits`` [B, 3], the uncalibrated values; ``base_scores`` [B, 3], each base
+model's probability of its own main class (DM, GAN, REAL); and, exported with ``--threshold``,
+``is_fake`` [B] = ``fake_score > threshold``. The backbones' normalisation is a layer of the
+model, so it is in the graph.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import functools
 
 import tensorflow as tf
 
+from dfx_keras import models
 from dfx_keras.classes import CLASS_NAMES, NUM_CLASSES, fake_score
 from dfx_keras.data import pipelines
 from dfx_keras.data.corpus import DEFAULT_MAX_PIXELS  # the corpus scan's limit too
@@ -28,15 +33,18 @@ from dfx_keras.serving.headers import FORMATS, UNDECODABLE, check_header, fill
 
 SIGNATURE_BYTES, SIGNATURE_IMAGES = "serving_default", "serving_images"
 BYTES_INPUT, IMAGES_INPUT = "image_bytes", "images"
-OUTPUTS = ("probabilities", "class_id", "class_name", "fake_score")
+OUTPUTS = ("probabilities", "class_id", "class_name", "fake_score")  # every export's, as before calibration
+DETECTOR_OUTPUTS = ("logits", "base_scores")  # added by calibration and the base models' heads
+DECISION_OUTPUT = "is_fake"  # with --threshold
 # Images of one request decoded at once (tf.map_fn's graph default, made explicit): peak memory
 # is about this many times 15 bytes (uint8 + float32) per pixel of the largest images.
 DECODE_PARALLELISM = 10
 
 
-def class_outputs(logits: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The signatures' outputs from the complete model's logits."""
-    probabilities = tf.nn.softmax(logits, axis=-1)
+def class_outputs(logits: tf.Tensor, temperature: float = 1.0) -> dict[str, tf.Tensor]:
+    """The signatures' class outputs from the complete model's logits: probabilities of
+    ``logits / temperature``, computed once."""
+    probabilities = tf.nn.softmax(logits / temperature if temperature != 1.0 else logits, axis=-1)
     class_id = tf.argmax(probabilities, axis=-1)
     return {"probabilities": probabilities, "class_id": class_id,
             "class_name": tf.gather(tf.constant(CLASS_NAMES), class_id),
@@ -55,12 +63,17 @@ class ServingModule(tf.Module):
     signatures are traced without AutoGraph.
     """
 
-    def __init__(self, model, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, model, max_pixels: int = DEFAULT_MAX_PIXELS, temperature: float = 1.0,
+                 threshold: float | None = None):
         super().__init__(name="dfx_serving")
         self.image_size = int(model.input_shape[1])
         self.max_pixels = int(max_pixels)
+        self.temperature, self.threshold = float(temperature), threshold
         self.model_variables = [weight.value for weight in model.weights]
-        self._model = functools.partial(model, training=False)
+        detector = models.detector_model(model)  # the complete model's layers: the same weights
+        detected = DETECTOR_OUTPUTS if models.has_base_outputs(model) else DETECTOR_OUTPUTS[:1]
+        self.output_names = (*OUTPUTS, *detected, *([DECISION_OUTPUT] if threshold is not None else ()))
+        self._model = functools.partial(detector, training=False)
 
     def _classify(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Outputs for a batch of model-size images; an empty batch gets empty outputs.
@@ -68,9 +81,13 @@ class ServingModule(tf.Module):
         The model is not run on an empty batch: TF's oneDNN ``Conv2D`` on CPU returns its
         input unchanged for batch 0 (depth 3, not the filter count) and the next layer fails.
         """
-        logits = tf.cond(tf.size(images) > 0, lambda: tf.cast(self._model(images), tf.float32),
-                         lambda: tf.zeros([0, NUM_CLASSES]))
-        return class_outputs(logits)
+        detected = tf.cond(tf.size(images) > 0,
+                           lambda: {k: tf.cast(v, tf.float32) for k, v in self._model(images).items()},
+                           lambda: {k: tf.zeros([0, NUM_CLASSES]) for k in self.output_names if k in DETECTOR_OUTPUTS})
+        outputs = {**class_outputs(detected["logits"], self.temperature), **detected}
+        if self.threshold is not None:
+            outputs[DECISION_OUTPUT] = outputs["fake_score"] > self.threshold
+        return outputs
 
     def _decoded(self, encoded: tf.Tensor, formats: tf.Tensor) -> tf.Tensor:
         """Decode and resize each image, ``DECODE_PARALLELISM`` at a time, naming any that fails.
