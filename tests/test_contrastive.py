@@ -85,7 +85,7 @@ def test_the_centroid_head_survives_save_and_safe_load_and_gives_nearest_centroi
     loaded = models.load_model(path)  # safe_mode=True
     np.testing.assert_array_equal(loaded.get_layer("logits").get_weights()[0], np.stack([rest, main]))
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-    features = models.feature_extractor(loaded)(images).numpy()
+    features = models.feature_extractor(loaded)(images)[0].numpy()  # [features, the centroid logits]
     expected = -np.stack([np.linalg.norm(features - rest, axis=1), np.linalg.norm(features - main, axis=1)], axis=1)
     np.testing.assert_allclose(loaded(images).numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(loaded(images).numpy(), model(images).numpy(), rtol=1e-6)
@@ -106,7 +106,8 @@ def test_a_short_run_on_separable_data_puts_same_class_images_closer_than_other_
     model = models.load_model(cfg.wd.model("bm_real"))
     samples = corpus.pool(corpus_lib.BASE_POOL)
     is_real = np.array([s.label == class_id("real") for s in samples])
-    features, _ = pairs.embed(models.feature_extractor(model), pipelines.image_dataset(
+    embedder = keras.Model(model.input, model.get_layer(models.FEATURES_LAYER).output)
+    features, _ = pairs.embed(embedder, pipelines.image_dataset(
         source, samples, 32, 16, targets=is_real.astype(int).tolist()))
     distances = np.linalg.norm(features[:, None] - features[None], axis=-1)
     same = is_real[:, None] == is_real[None]
@@ -122,3 +123,19 @@ def test_contrastive_base_models_need_a_corpus_folder(tmp_path):
     cfg = config.TrainConfig(workdir=str(tmp_path / "w"), base_objective="contrastive", **TINY)
     with pytest.raises(distribute.SettingsError, match="--data_dir"):
         stages.train_base_model(cfg, corpus, object(), "real", distribute.get_strategy("one_device"))
+
+
+def test_a_complete_model_of_contrastive_base_models_reports_their_nearest_centroid_probabilities():
+    """Issue 13's base_scores on issue 12's base models: softmax of [-d(rest), -d(main)], index 1."""
+    bases = []
+    for i, name in enumerate(("bm_dm", "bm_gan", "bm_real")):
+        embedder = models.build_feature_extractor("tiny", 32, None, name=f"{name}_features")
+        dim = embedder.output_shape[-1]
+        bases.append(contrastive.attach_centroids(embedder, np.zeros(dim), np.full(dim, 0.1 * (i + 1)), name))
+    complete = models.build_complete_model(*bases, head=models.build_head(models.feature_extractor(bases[0]).output_shape[0][-1]))
+    images = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    outputs = models.detector_model(complete)(images)
+    expected = np.stack([tf.nn.softmax(base(images))[:, 1].numpy() for base in bases], axis=1)
+    np.testing.assert_allclose(outputs["base_scores"].numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(outputs["logits"].numpy(), complete(images).numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected, 0.5, atol=1e-3)  # the centroids differ, so the scores say something
