@@ -44,7 +44,7 @@ DECODE_PARALLELISM = 10
 def class_outputs(logits: tf.Tensor, temperature: float = 1.0) -> dict[str, tf.Tensor]:
     """The signatures' class outputs from the complete model's logits: probabilities of
     ``logits / temperature``, computed once."""
-    probabilities = tf.nn.softmax(logits / temperature if temperature != 1.0 else logits, axis=-1)
+    probabilities = tf.nn.softmax(logits / temperature, axis=-1)  # x / 1.0 is exact: no special case
     class_id = tf.argmax(probabilities, axis=-1)
     return {"probabilities": probabilities, "class_id": class_id,
             "class_name": tf.gather(tf.constant(CLASS_NAMES), class_id),
