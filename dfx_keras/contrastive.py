@@ -89,6 +89,12 @@ def build_siamese(embedder: keras.Model, name: str) -> keras.Model:
     return keras.Model([a, b], PairDistance(name="distance")([embedder(a), embedder(b)]), name=name)
 
 
+def branch_of(siamese: keras.Model) -> keras.Model:
+    """The shared backbone (feature extractor) of a ``build_siamese`` model."""
+    (embedder,) = [layer for layer in siamese.layers if isinstance(layer, keras.Model)]
+    return embedder
+
+
 def attach_centroids(embedder: keras.Model, rest: np.ndarray, main: np.ndarray, name: str) -> keras.Model:
     """The base model: ``embedder``'s layers (``features`` included) then ``CentroidLogits``."""
     head = CentroidLogits(name="logits")

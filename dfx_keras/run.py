@@ -127,8 +127,7 @@ def train(cfg: TrainConfig, plan: TrainPlan) -> dict:
     print(f"corpus: {len(corpus.samples)} images ({len(corpus.skipped)} unreadable skipped{unreadable}), "
           f"{dist.num_replicas_in_sync} replica(s), workdir {cfg.workdir}")
     if plan.stage in ("all", "base"):
-        for name in ([plan.main_class] if plan.main_class else CLASS_NAMES):
-            stages.train_base_model(cfg, corpus, source, name, dist)
+        stages.train_base_models(cfg, corpus, source, [plan.main_class] if plan.main_class else CLASS_NAMES, dist)
     if plan.stage in ("all", "complete"):
         stages.train_complete_model(cfg, corpus, source, dist)
         if chief:

@@ -22,6 +22,7 @@ from dfx_keras.config import TrainConfig
 from dfx_keras.optimizers import AdamL2
 from dfx_keras.training.backup import StageBackup
 from dfx_keras.training.distribute import check_batch_size, is_chief, synchronized_batchnorm, whole_replica_batches
+from dfx_keras.training.reuse import ReusedModel
 from dfx_keras.workdir import atomic_write
 
 
@@ -96,10 +97,12 @@ def _stage_files(cfg: TrainConfig, name: str, chief: bool) -> Iterator[tuple[str
 
 
 def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, val_ds: tf.data.Dataset,
-        cfg: TrainConfig, strategy: tf.distribute.Strategy, train_size: int,
+        cfg: TrainConfig, strategy: tf.distribute.Strategy, train_size: int, reuse: ReusedModel | None = None,
         **compile_args) -> tuple[keras.Model, dict]:
     """Train ``build()`` for ``cfg.epochs`` with resume, logs and best-val-loss selection
     (``compile_args``: ``compile_model``'s loss and metrics, when not cross-entropy).
+    ``reuse``: take the model, and its compiled steps, from there (built and compiled on first
+    use, reset to its initial state after; see ``training.reuse``) and name it ``name``.
 
     ``build`` runs inside ``strategy.scope()`` under ``cfg.precision``; the datasets hold
     global batches, which the strategy splits across replicas. Only the chief writes the
@@ -119,6 +122,8 @@ def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, 
 
     def new_model() -> keras.Model:
         keras.utils.set_random_seed(cfg.seed)
+        if reuse is not None:
+            return reuse.get(lambda: compile_model(build(), cfg, replicas, **compile_args), name)
         return compile_model(build(), cfg, replicas, **compile_args)
 
     with _stage_files(cfg, name, chief) as (backup_dir, best_path, csv_path):

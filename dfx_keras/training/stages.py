@@ -24,6 +24,7 @@ from dfx_keras.training.distribute import SettingsError, is_chief, worker_share
 from dfx_keras.training.feature_cache import FeatureCache, feature_strategy
 from dfx_keras.training import pairs
 from dfx_keras.training.fit import fit, save_stage_model
+from dfx_keras.training.reuse import ReusedModel
 from dfx_keras.workdir import BASELINE, COMPLETE, Workdir
 
 
@@ -112,15 +113,26 @@ def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_cl
     return train_ds, val_ds, train, val
 
 
+def train_base_models(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_classes: Sequence[str],
+                      strategy: tf.distribute.Strategy) -> None:
+    """The base models of ``main_classes``, one after the other, on one compiled model: the
+    first builds and traces it, the others reuse it reset to its initial state
+    (``training.reuse``), so they train as if each were built alone, without the fixed cost."""
+    reuse = ReusedModel()
+    for main_class in main_classes:
+        train_base_model(cfg, corpus, source, main_class, strategy, reuse)
+
+
 def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str,
-                     strategy: tf.distribute.Strategy) -> dict | None:
-    """One base model, trained on its deliberately unbalanced set (see ``base_model_data``)."""
+                     strategy: tf.distribute.Strategy, reuse: ReusedModel | None = None) -> dict | None:
+    """One base model, trained on its deliberately unbalanced set (see ``base_model_data``);
+    ``reuse``: the compiled model shared with the other base models (``train_base_models``)."""
     name = models.base_model_name(main_class)
     model_path = cfg.wd.model(name)
     if _skip(cfg, model_path):
         return None
     if cfg.base_objective == "contrastive":
-        return train_contrastive_base_model(cfg, corpus, source, main_class, strategy)
+        return train_contrastive_base_model(cfg, corpus, source, main_class, strategy, reuse)
     train_ds, val_ds, train, val = base_model_data(cfg, corpus, source, main_class, worker_share(strategy))
     others = corpus_lib.fraction_others(train + val, class_id(main_class))
     counts = corpus_lib.base_model_counts(train, class_id(main_class))
@@ -130,16 +142,17 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
         logging.warning(warning)
     model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name,
                                                                bn_momentum=cfg.bn_momentum),
-                         train_ds, val_ds, cfg, strategy, len(train))
+                         train_ds, val_ds, cfg, strategy, len(train), reuse)
     return finish_stage(cfg, name, model, model_path, {**summary, "train_images": len(train), "val_images": len(val),
                                                        "others_share": others, **counts}, strategy)
 
 
 def train_contrastive_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str,
-                                 strategy: tf.distribute.Strategy) -> dict:
+                                 strategy: tf.distribute.Strategy, reuse: ReusedModel | None = None) -> dict:
     """DeepFeatureX-SN's base model: the Siamese backbone trained on pairs of its balanced
     main-vs-rest set, saved with the main and rest centroids of its training split as its head;
-    stages.json records the validation contrastive loss and nearest-centroid accuracy."""
+    stages.json records the validation contrastive loss and nearest-centroid accuracy.
+    ``reuse``: the compiled Siamese model shared with the other base models."""
     if not isinstance(source, pipelines.FolderSource):
         raise SettingsError("--base_objective=contrastive reads image pairs by path: give the corpus folder "
                             "with --data_dir (a tfds dataset is read in record order)")
@@ -160,9 +173,11 @@ def train_contrastive_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, so
         return contrastive.build_siamese(models.build_feature_extractor(
             cfg.backbone, cfg.image_size, cfg.weights, name=f"{name}_features", bn_momentum=cfg.bn_momentum), name)
 
-    siamese, summary = fit(name, build, train_ds, val_ds, cfg, strategy, len(train), loss=contrastive.contrastive_loss,
+    siamese, summary = fit(name, build, train_ds, val_ds, cfg, strategy, len(train), reuse,
+                           loss=contrastive.contrastive_loss,
                            metrics=[keras.metrics.MeanMetricWrapper(contrastive.pair_accuracy, name="accuracy")])
-    embedder = siamese.get_layer(f"{name}_features")
+    embedder = contrastive.branch_of(siamese)
+    embedder.name = f"{name}_features"  # a reused Siamese model was built for another base model
     features = {split: pairs.embed(embedder, pipelines.image_dataset(
         source, samples, cfg.image_size, cfg.batch_size, targets=is_main[split].astype(int).tolist()))
         for split, samples in (("train", train), ("val", val))}
