@@ -127,9 +127,10 @@ def figures(records: dict) -> dict:
             out["complete stage"] = stage["seconds"]
         elif stage["stage"] == "evaluate_raw":
             out["raw test in train.py"] = stage["seconds"]
-    if "complete" in fits:
-        out["complete first epoch"] = fits["complete"]["epochs"][0]
-        out["complete later epoch (median)"] = statistics.median(fits["complete"]["epochs"][1:])
+    complete = fits.get("head") or fits.get("complete")  # the head on cached features, or end to end
+    if complete and len(complete["epochs"]) > 1:
+        out["complete first epoch"] = complete["epochs"][0]
+        out["complete later epoch (median)"] = statistics.median(complete["epochs"][1:])
     for label, record in records.items():
         out[f"{label} (process wall)"] = record["wall"]
         out[f"{label} (process CPU)"] = record["cpu"]
@@ -169,6 +170,8 @@ def main(argv):
                 workroot = os.path.join(FLAGS.workroot, recipe, side)
                 os.makedirs(workroot, exist_ok=True)
                 records = run_recipe(recipe, tree, workroot)
+                with open(os.path.join(workroot, f"run{rep + 1}.json"), "w") as f:
+                    json.dump(records, f, indent=1)
                 loads += [x for r in records.values() for x in r["load"]]
                 runs[side].append(figures(records))
                 print(f"{recipe} run {rep + 1} {side}: " + ", ".join(
