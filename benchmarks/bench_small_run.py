@@ -65,12 +65,13 @@ RECIPES = {
 }
 
 
-def cpu_name() -> str:
-    try:
+def machine() -> str:
+    """The CPU model and count (Linux; the platform's processor name elsewhere)."""
+    names = set()
+    if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+            names = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
+    return f"{', '.join(sorted(names)) or platform.processor()}, {os.cpu_count()} CPUs"
 
 
 def timed(tree: str, script: str, args: list[str], out: str) -> dict:
@@ -159,7 +160,7 @@ def print_recipe(recipe: str, start: dict, now: dict, loads: list[float]) -> Non
 
 def main(argv):
     del argv
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; python {platform.python_version()}")
+    print(f"machine: {machine()}; python {platform.python_version()}")
     print(f"start tree: {FLAGS.start_tree} ({_commit(FLAGS.start_tree)}); now: {NOW_TREE} ({_commit(NOW_TREE)})")
     for recipe in FLAGS.recipes:
         if recipe not in RECIPES:

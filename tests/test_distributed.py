@@ -47,8 +47,8 @@ def test_two_replicas_follow_the_one_device_loss_curve(tmp_path, corpus32):
     statistics all-reduced). Without synchronized BatchNorm they drift apart by ~10%."""
     corpus, source = corpus32
     bases = config.TrainConfig(workdir=str(tmp_path / "bases"), epochs=1, **TINY)
-    for name in ("dm_generated", "gan_generated", "real"):
-        stages.train_base_model(bases, corpus, source, name, distribute.get_strategy("one_device"))
+    stages.train_base_models(bases, corpus, source, ("dm_generated", "gan_generated", "real"),
+                             distribute.get_strategy("one_device"))
     curves = {}
     for strategy in ("one_device", "mirrored"):
         cfg = config.TrainConfig(workdir=str(tmp_path / strategy), epochs=3, **TINY)
@@ -199,8 +199,8 @@ def test_mixed_precision_trains_with_float32_logits_and_loss(tmp_path, corpus32,
     corpus, source = corpus32
     cfg = config.TrainConfig(workdir=str(tmp_path), epochs=1, precision=precision, **TINY)
     strategy = distribute.get_strategy("one_device")
-    for name in ("dm_generated", "gan_generated", "real"):
-        assert np.isfinite(stages.train_base_model(cfg, corpus, source, name, strategy)["val_loss"])
+    stages.train_base_models(cfg, corpus, source, ("dm_generated", "gan_generated", "real"), strategy)
+    assert all(np.isfinite(cfg.wd.stage_summaries()[name]["val_loss"]) for name in ("bm_dm", "bm_gan", "bm_real"))
     assert np.isfinite(stages.train_complete_model(cfg, corpus, source, strategy)["val_loss"])
     assert keras.mixed_precision.global_policy().name == "float32"
     with warnings.catch_warnings(record=True) as caught:
@@ -221,10 +221,12 @@ def test_mixed_precision_trains_with_float32_logits_and_loss(tmp_path, corpus32,
 
 
 @pytest.mark.slow
-def test_jit_compile_trains_a_stage_on_one_device(tmp_path, corpus32):
+def test_jit_compile_trains_base_models_on_one_device(tmp_path, corpus32):
+    """Two base models, the second on the first one's XLA-compiled steps (``training.reuse``)."""
     corpus, source = corpus32
     cfg = config.TrainConfig(workdir=str(tmp_path), epochs=1, jit_compile=True, **TINY)
-    assert np.isfinite(stages.train_base_model(cfg, corpus, source, "real", distribute.get_strategy())["val_loss"])
+    stages.train_base_models(cfg, corpus, source, ("gan_generated", "real"), distribute.get_strategy())
+    assert all(np.isfinite(cfg.wd.stage_summaries()[name]["val_loss"]) for name in ("bm_gan", "bm_real"))
 
 
 @pytest.mark.slow

@@ -22,8 +22,7 @@ def trained_bases(tmp_path_factory):
     root = make_corpus(tmp_path_factory.mktemp("corpus"), per_folder=24)
     corpus, source = corpus_lib.scan_corpus(root), pipelines.FolderSource(root)
     cfg = config.TrainConfig(workdir=str(tmp_path_factory.mktemp("bases")), epochs=1, **TINY)
-    for name in ("dm_generated", "gan_generated", "real"):
-        stages.train_base_model(cfg, corpus, source, name, distribute.get_strategy())
+    stages.train_base_models(cfg, corpus, source, ("dm_generated", "gan_generated", "real"), distribute.get_strategy())
     return corpus, source, cfg.wd.path("models")
 
 

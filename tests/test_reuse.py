@@ -11,7 +11,8 @@ from dfx_keras import config, models
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.data import corpus as corpus_lib
 from dfx_keras.data import pipelines
-from dfx_keras.training import distribute, stages
+from dfx_keras.training import distribute, fit, stages
+from dfx_keras.training.reuse import ReusedModel
 
 TINY = dict(backbone="tiny", weights=None, image_size=32, batch_size=8, epochs=1, verbose=0)
 
@@ -40,7 +41,7 @@ def _stage(cfg, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective, strategy, precision", [
-    ("cross_entropy", "mirrored", "mixed_float16"),  # two replicas; the loss scale is optimizer state too
+    ("cross_entropy", "mirrored", "float32"),  # two replicas, synchronized BatchNorm
     ("contrastive", "one_device", "float32"),
 ])
 def test_reused_base_models_equal_base_models_built_alone(tmp_path, corpus16, objective, strategy, precision):
@@ -66,3 +67,29 @@ def test_reused_base_models_equal_base_models_built_alone(tmp_path, corpus16, ob
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for key in ("val_loss", "val_accuracy", "train_accuracy"):
         assert _stage(shared, "bm_gan")[key] == pytest.approx(_stage(alone, "bm_gan")[key], rel=1e-4, abs=1e-5)
+
+
+def test_get_puts_back_every_variable_of_the_model_and_its_loss_scale_optimizer(tmp_path):
+    """After a fit, ``get`` restores weights, BatchNorm statistics, Adam's step and moments, the
+    learning rate and the ``mixed_float16`` loss scale, and renames the model."""
+    cfg = config.TrainConfig(workdir=str(tmp_path), precision="mixed_float16", learning_rate=1e-2)
+
+    def build():
+        with fit.dtype_policy(cfg.precision):
+            inputs = keras.Input((4,))
+            x = keras.layers.BatchNormalization()(keras.layers.Dense(8)(inputs))
+            return fit.compile_model(keras.Model(inputs, keras.layers.Dense(2, dtype="float32")(x)), cfg)
+
+    reuse = ReusedModel()
+    model = reuse.get(build, "bm_dm")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    state = [*model.variables, *model.optimizer.variables]
+    initial = [np.array(v) for v in state]
+    x, y = np.random.default_rng(0).normal(size=(64, 4)), np.arange(64) % 2
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    model.optimizer.learning_rate.assign(1e-5)  # as a learning-rate schedule would leave it
+    changed = [not np.array_equal(np.array(v), a) for v, a in zip(state, initial)]
+    assert sum(changed) > len(state) // 2
+    assert reuse.get(build, "bm_gan") is model and model.name == "bm_gan"
+    for variable, value in zip(state, initial):
+        np.testing.assert_array_equal(np.array(variable), value, err_msg=variable.path)

@@ -139,25 +139,29 @@ KILLED_RUN = textwrap.dedent("""
                              epochs=4, verbose=0, extra_callbacks=[Kill()] if {kill} else [],
                              base_objective={objective!r})
     corpus = corpus_lib.scan_corpus({data!r})
-    stages.train_base_model(cfg, corpus, pipelines.FolderSource({data!r}), "real", distribute.get_strategy())
+    stages.train_base_models(cfg, corpus, pipelines.FolderSource({data!r}), ["gan_generated", "real"],
+                             distribute.get_strategy())
 """)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["cross_entropy", "contrastive"])
 def test_killed_training_resumes_at_the_next_epoch(tmp_path, objective):
+    """Killed after bm_gan's second epoch: the rerun resumes bm_gan at its third, then trains
+    bm_real on bm_gan's compiled model (``training.reuse``)."""
     data = make_corpus(tmp_path / "corpus", per_folder=16)
     work = str(tmp_path / "work")
     script = lambda kill: KILLED_RUN.format(tests=os.path.dirname(__file__), kill_after=1, work=work, data=data,
                                             kill=kill, objective=objective)
     killed = subprocess.run([sys.executable, "-c", script(True)], capture_output=True, text=True, cwd=REPO)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert _csv_epochs(f"{work}/logs/bm_real.csv") == [0, 1]
-    assert not os.path.exists(f"{work}/models/bm_real.keras")
+    assert _csv_epochs(f"{work}/logs/bm_gan.csv") == [0, 1]
+    assert not os.path.exists(f"{work}/models/bm_gan.keras") and not os.path.exists(f"{work}/logs/bm_real.csv")
     resumed = subprocess.run([sys.executable, "-c", script(False)], capture_output=True, text=True, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert _csv_epochs(f"{work}/logs/bm_real.csv") == [0, 1, 2, 3]  # continued at epoch 2, ended at 4
-    assert os.path.isfile(f"{work}/models/bm_real.keras")
+    assert _csv_epochs(f"{work}/logs/bm_gan.csv") == [0, 1, 2, 3]  # continued at epoch 2, ended at 4
+    assert _csv_epochs(f"{work}/logs/bm_real.csv") == [0, 1, 2, 3]  # then bm_real on bm_gan's compiled model
+    assert os.path.isfile(f"{work}/models/bm_gan.keras") and os.path.isfile(f"{work}/models/bm_real.keras")
 
 
 @pytest.mark.slow
@@ -169,8 +173,8 @@ def test_base_and_complete_stages_under_mirrored_strategy_on_two_cpus(tmp_path):
                                batch_size=8, epochs=1, verbose=0)
     corpus = corpus_lib.scan_corpus(data)
     source = pipelines.FolderSource(data)
-    for name in ("dm_generated", "gan_generated", "real"):
-        assert stages.train_base_model(cfg, corpus, source, name, strategy)["epochs"] == 1
+    stages.train_base_models(cfg, corpus, source, ("dm_generated", "gan_generated", "real"), strategy)
+    assert [s["epochs"] for s in cfg.wd.stage_summaries().values()] == [1, 1, 1]
     summary = stages.train_complete_model(cfg, corpus, source, strategy)
     assert summary["epochs"] == 1 and os.path.isfile(cfg.wd.path("models", "complete.keras"))
     results = run.evaluate_raw(cfg, corpus, source)

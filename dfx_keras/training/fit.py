@@ -1,8 +1,9 @@
 """Fitting one stage: compile, the fit loop with resume and best-val-loss selection, saving.
 
-Each stage builds and compiles its model inside ``strategy.scope()``, feeds a global batch,
-keeps the weights with the lowest validation loss, and resumes from its last finished epoch
-when rerun after an interruption (``training.backup``).
+Each stage builds and compiles its model inside ``strategy.scope()`` (the base models after
+the first take the first one's, reset: ``training.reuse``), feeds a global batch, keeps the
+weights with the lowest validation loss, and resumes from its last finished epoch when rerun
+after an interruption (``training.backup``).
 """
 
 from __future__ import annotations
