@@ -8,7 +8,9 @@ Two recipes on a few-thousand-image corpus (the generator-made corpus of
   which the start commit does not have (the baseline is not part of the method);
 - ``densenet``: the same values with DenseNet-121 from scratch (``--backbone=densenet121
   --weights=none``), base models 5 epochs (``--stage=base --epochs=5``), then the complete stage
-  10 epochs (``--stage=complete --epochs=10``; ``--epochs`` is per stage, hence two runs).
+  10 epochs (``--stage=complete --epochs=10``; ``--epochs`` is per stage, hence two runs);
+- ``contrastive``: the densenet recipe's base models with ``--base_objective=contrastive``, 3
+  epochs, this tree only (the start commit has no contrastive objective).
 
 Each then runs ``evaluate.py --protocols=raw,generalization`` on the held-back sets. Every
 command is a fresh process with ``PYTHONPATH`` on its tree (the start commit's git worktree,
@@ -62,7 +64,9 @@ DENSENET = [*DEMO[2:], "--backbone=densenet121", "--weights=none"]
 RECIPES = {
     "demo": [["--epochs=12", "--stage=all", *DEMO]],
     "densenet": [["--epochs=5", "--stage=base", *DENSENET], ["--epochs=10", "--stage=complete", *DENSENET]],
+    "contrastive": [["--epochs=3", "--stage=base", "--base_objective=contrastive", *DENSENET]],
 }
+NOW_ONLY = {"contrastive"}  # the start commit has no --base_objective: this tree's base models 2 and 3 vs its first
 
 
 def machine() -> str:
@@ -102,6 +106,8 @@ def run_recipe(recipe: str, tree: str, workroot: str) -> dict:
         label = next(a.split("=")[1] for a in args if a.startswith("--stage="))
         records[f"train {label}"] = timed(tree, "train.py", [f"--workdir={workdir}", f"--data_dir={FLAGS.corpus}", *args],
                                           os.path.join(workroot, f"train{i}.json"))
+    if recipe in NOW_ONLY:
+        return records
     records["evaluate"] = timed(tree, "evaluate.py", [f"--workdir={workdir}", "--protocols=raw,generalization",
                                                       f"--generalization_dir={FLAGS.heldout}", "--nobaseline"],
                                 os.path.join(workroot, "evaluate.json"))
@@ -142,20 +148,25 @@ def median_figures(runs: list[dict]) -> dict:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def print_recipe(recipe: str, start: dict, now: dict, loads: list[float]) -> None:
+def print_recipe(recipe: str, start: dict | None, now: dict, loads: list[float]) -> None:
+    """The recipe's seconds, start / now, and the goal-1 figure (``start`` None: this tree only)."""
     print(f"\n## {recipe}: {FLAGS.repetitions} run(s) per tree, medians; load average "
           f"{min(loads):.1f}-{max(loads):.1f} over the commands")
     print(f"{'seconds':<40} {'start':>9} {'now':>9} {'start/now':>10}")
-    for key in start:
-        if key in now:
-            ratio = start[key] / now[key] if now[key] > 0 else float("inf")
-            print(f"{key:<40} {start[key]:>9.1f} {now[key]:>9.1f} {ratio:>9.2f}x")
-    fixed = [f"{name} fixed cost" for name in BASE_MODELS if f"{name} fixed cost" in now]
-    if len(fixed) == 3:
-        print("goal 1 (a base model after the first adds at most a quarter of today's fixed cost):")
-        for key in fixed[1:]:
-            print(f"  {key.split()[0]}: now {now[key]:.1f} s = {now[key] / start[key]:.2f} of start's {start[key]:.1f} s "
-                  f"(start's first base model: {start[fixed[0]]:.1f} s; now's first: {now[fixed[0]]:.1f} s)")
+    for key, value in now.items():
+        if start is None or key not in start:
+            print(f"{key:<40} {'-':>9} {value:>9.1f}")
+        else:
+            ratio = start[key] / value if value > 0 else float("inf")
+            print(f"{key:<40} {start[key]:>9.1f} {value:>9.1f} {ratio:>9.2f}x")
+    fixed = [f"{name} fixed cost" for name in BASE_MODELS]
+    if not all(key in now for key in fixed):
+        return
+    print("goal 1 (a base model after the first adds at most a quarter of today's fixed cost):")
+    for key in fixed[1:]:
+        against = f" = {now[key] / start[key]:.2f} of start's {start[key]:.1f} s" if start else ""
+        print(f"  {key.split()[0]}: now {now[key]:.1f} s{against}; the first base model: "
+              + (f"start {start[fixed[0]]:.1f} s, " if start else "") + f"now {now[fixed[0]]:.1f} s")
 
 
 def main(argv):
@@ -166,8 +177,9 @@ def main(argv):
         if recipe not in RECIPES:
             raise app.UsageError(f"unknown recipe {recipe!r}; choose among {', '.join(RECIPES)}")
         runs, loads = {"start": [], "now": []}, []
+        sides = [("now", NOW_TREE)] if recipe in NOW_ONLY else [("start", FLAGS.start_tree), ("now", NOW_TREE)]
         for rep in range(FLAGS.repetitions):
-            for side, tree in (("start", FLAGS.start_tree), ("now", NOW_TREE)):
+            for side, tree in sides:
                 workroot = os.path.join(FLAGS.workroot, recipe, side)
                 os.makedirs(workroot, exist_ok=True)
                 records = run_recipe(recipe, tree, workroot)
@@ -177,7 +189,7 @@ def main(argv):
                 runs[side].append(figures(records))
                 print(f"{recipe} run {rep + 1} {side}: " + ", ".join(
                     f"{k} {v:.1f}s" for k, v in runs[side][-1].items() if "process wall" in k), flush=True)
-        print_recipe(recipe, median_figures(runs["start"]), median_figures(runs["now"]), loads)
+        print_recipe(recipe, median_figures(runs["start"]) if runs["start"] else None, median_figures(runs["now"]), loads)
 
 
 def _commit(tree: str) -> str:
