@@ -123,16 +123,15 @@ def jpeg(array):
 
 @pytest.mark.slow
 def test_train_cli_with_npr_records_it_and_every_model_export_and_evaluation_carry_it(tmp_path):
-    """train.py --input_residual=npr: flags.txt records it; base models, baseline and complete
+    """train.py --input_residual=npr: flags.txt records it; the base models and the complete
     model hold the layer; evaluation and export ran; the SavedModel serves a JPEG through its
     bytes signature as the Keras complete model answers the same decoded image."""
     data = make_corpus(tmp_path / "corpus", per_folder=16)
     work = str(tmp_path / "work")
-    result = _train_cli(f"--workdir={work}", f"--data_dir={data}", "--epochs=1", "--train_baseline",
-                        "--input_residual=npr", *TINY)
+    result = _train_cli(f"--workdir={work}", f"--data_dir={data}", "--epochs=1", "--input_residual=npr", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--input_residual=npr" in open(f"{work}/flags.txt").read().splitlines()
-    for name in (*BASE_NAMES, "baseline"):
+    for name in BASE_NAMES:
         model = models.load_model(f"{work}/models/{name}.keras")
         assert isinstance(model.get_layer(models.INPUT_RESIDUAL_LAYER), NeighbouringPixelResidual)
     complete = models.load_model(f"{work}/models/complete.keras")
@@ -147,11 +146,15 @@ def test_train_cli_with_npr_records_it_and_every_model_export_and_evaluation_car
 
 
 @pytest.mark.slow
-def test_contrastive_base_models_take_the_residual(tmp_path):
+def test_contrastive_base_models_and_the_baseline_take_the_residual(tmp_path):
+    """The stages the CLI run above leaves out: a contrastive base model and the baseline."""
     data = make_corpus(tmp_path / "corpus", per_folder=8)
     corpus, source = corpus_lib.scan_corpus(data), pipelines.FolderSource(data)
     cfg = config.TrainConfig(workdir=str(tmp_path / "w"), epochs=1, base_objective="contrastive", input_residual="npr",
-                             backbone="tiny", weights=None, image_size=SIZE, batch_size=8, verbose=0)
-    stages.train_base_model(cfg, corpus, source, "real", distribute.get_strategy("one_device"))
-    model = models.load_model(cfg.wd.model("bm_real"))
-    assert isinstance(model.get_layer(models.INPUT_RESIDUAL_LAYER), NeighbouringPixelResidual)
+                             val_fraction=0.5, backbone="tiny", weights=None, image_size=SIZE, batch_size=8, verbose=0)
+    strategy = distribute.get_strategy("one_device")
+    stages.train_base_model(cfg, corpus, source, "real", strategy)
+    stages.train_baseline(cfg, corpus, source, strategy)
+    for name in ("bm_real", "baseline"):
+        model = models.load_model(cfg.wd.model(name))
+        assert isinstance(model.get_layer(models.INPUT_RESIDUAL_LAYER), NeighbouringPixelResidual)
