@@ -23,7 +23,7 @@ from dfx_keras.config import TrainConfig
 from dfx_keras.optimizers import AdamL2
 from dfx_keras.training.backup import StageBackup
 from dfx_keras.training.distribute import check_batch_size, is_chief, synchronized_batchnorm, whole_replica_batches
-from dfx_keras.training.reuse import ReusedModel
+from dfx_keras.training.reuse import ReusedModel, set_random_seed
 from dfx_keras.workdir import atomic_write
 
 
@@ -122,7 +122,7 @@ def fit(name: str, build: Callable[[], keras.Model], train_ds: tf.data.Dataset, 
             os.makedirs(os.path.dirname(path), exist_ok=True)
 
     def new_model() -> keras.Model:
-        keras.utils.set_random_seed(cfg.seed)
+        set_random_seed(cfg.seed)
         if reuse is not None:
             return reuse.get(lambda: compile_model(build(), cfg, replicas, **compile_args), name)
         return compile_model(build(), cfg, replicas, **compile_args)

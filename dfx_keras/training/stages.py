@@ -24,7 +24,7 @@ from dfx_keras.training.distribute import SettingsError, is_chief, worker_share
 from dfx_keras.training.feature_cache import FeatureCache, feature_strategy
 from dfx_keras.training import pairs
 from dfx_keras.training.fit import fit, save_stage_model
-from dfx_keras.training.reuse import ReusedModel
+from dfx_keras.training.reuse import ReusedModel, set_random_seed
 from dfx_keras.workdir import BASELINE, COMPLETE, Workdir
 
 
@@ -90,7 +90,7 @@ def seed_stage(cfg: TrainConfig) -> None:
     stage's image order, and so its result, would depend on which stages ran before it in the
     same process (``--stage=all`` against ``--stage=base``).
     """
-    keras.utils.set_random_seed(cfg.seed)
+    set_random_seed(cfg.seed)
 
 
 def base_model_data(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_class: str,
