@@ -13,6 +13,7 @@ import keras
 
 from dfx_keras.backbones import BN_MOMENTUM
 from dfx_keras.data.corpus import DEFAULT_MAX_PIXELS, Sample
+from dfx_keras.input_residuals import INPUT_RESIDUALS
 from dfx_keras.models import FROZEN_BN_MODES
 from dfx_keras.workdir import DEFAULT_MODEL_NAME, Workdir
 
@@ -34,6 +35,7 @@ class TrainConfig:
     backbone: str = "densenet121"
     weights: str | None = "imagenet"
     image_size: int = 256
+    input_residual: str = INPUT_RESIDUALS[0]  # what the backbones see (input_residuals): the image, or NPR
     batch_size: int = BATCH_SIZE
     epochs: int = 50
     learning_rate: float = 1e-4

@@ -11,12 +11,14 @@ import keras
 from keras import layers
 
 from dfx_keras import backbones
+from dfx_keras.input_residuals import INPUT_RESIDUALS, residual_layer
 from dfx_keras.classes import NUM_CLASSES, base_model_name  # noqa: F401  models.base_model_name names the Keras models
 
 FEATURES_LAYER = "features"
 LOGITS_LAYER = "logits"
 IMAGE_INPUT = "image"
 PREPROCESSING_LAYER = "preprocessing"
+INPUT_RESIDUAL_LAYER = "input_residual"
 
 # The head of DESIGN.md 1.3: (filters, kernel, stride); every conv pads 1 on both sides.
 HEAD_CONVS = ((16, 7, 2), (64, 5, 2), (256, 3, 1), (512, 3, 1), (1024, 3, 1))
@@ -27,30 +29,45 @@ FROZEN_BN_MODES = ("inference", "reference")
 
 
 def build_feature_extractor(backbone: str, image_size: int | None = None, weights: str | None = None,
-                            name: str = "feature_extractor",
-                            bn_momentum: float = backbones.BN_MOMENTUM) -> keras.Model:
-    """Image -> backbone preprocessing -> backbone -> ``features``: a base model before its head
-    (the Siamese branch of a contrastive base model)."""
-    return keras.Model(*_image_to_features(backbone, image_size, weights, bn_momentum), name=name)
+                            name: str = "feature_extractor", bn_momentum: float = backbones.BN_MOMENTUM,
+                            input_residual: str = INPUT_RESIDUALS[0]) -> keras.Model:
+    """Image -> backbone preprocessing -> [input residual] -> backbone -> ``features``: a base
+    model before its head (the Siamese branch of a contrastive base model)."""
+    return keras.Model(*_image_to_features(backbone, image_size, weights, bn_momentum, input_residual), name=name)
 
 
-def _image_to_features(backbone: str, image_size: int | None, weights: str | None, bn_momentum: float):
-    """Input and ``features`` tensors of a backbone with the preprocessing its weights expect in front."""
+def _image_to_features(backbone: str, image_size: int | None, weights: str | None, bn_momentum: float,
+                       input_residual: str):
+    """Input and ``features`` tensors of a backbone with the preprocessing its weights expect in
+    front, then ``input_residual`` (``input_residuals``) on the normalised image: the scale the
+    backbone's first conv expects."""
     image_size = image_size or backbones.get_backbone(backbone).default_image_size
+    residual = residual_layer(input_residual, image_size, INPUT_RESIDUAL_LAYER)
     inputs = keras.Input((image_size, image_size, 3), name=IMAGE_INPUT)
     mode = backbones.preprocessing_mode(backbone, weights)
     x = backbones.BackbonePreprocessing(mode, name=PREPROCESSING_LAYER)(inputs)
+    x = residual(x) if residual else x
     x = backbones.build_backbone(backbone, image_size, weights, bn_momentum)(x)
     return inputs, layers.Identity(name=FEATURES_LAYER)(x)
 
 
+def backbone_input(extractor: keras.Model, image: keras.KerasTensor) -> keras.KerasTensor:
+    """What a base model (or its extractor) feeds its backbone for ``image``, through its own
+    layers: the preprocessing, then the input residual if it has one."""
+    x = extractor.get_layer(PREPROCESSING_LAYER)(image)
+    if any(layer.name == INPUT_RESIDUAL_LAYER for layer in extractor.layers):
+        x = extractor.get_layer(INPUT_RESIDUAL_LAYER)(x)
+    return x
+
+
 def build_base_model(backbone: str, image_size: int | None = None, weights: str | None = None,
-                     name: str = "base_model", bn_momentum: float = backbones.BN_MOMENTUM) -> keras.Model:
-    """Image -> backbone preprocessing -> backbone -> ``features`` -> Dense 2 logits.
+                     name: str = "base_model", bn_momentum: float = backbones.BN_MOMENTUM,
+                     input_residual: str = INPUT_RESIDUALS[0]) -> keras.Model:
+    """Image -> backbone preprocessing -> [input residual] -> backbone -> ``features`` -> Dense 2 logits.
 
     Output index 1 is the base model's main class, 0 the rest.
     """
-    inputs, features = _image_to_features(backbone, image_size, weights, bn_momentum)
+    inputs, features = _image_to_features(backbone, image_size, weights, bn_momentum, input_residual)
     logits = layers.Dense(2, name=LOGITS_LAYER, dtype="float32")(features)
     return keras.Model(inputs, logits, name=name)
 
@@ -164,9 +181,11 @@ def set_frozen_batchnorm(complete: keras.Model, mode: str) -> None:
 
 
 def build_baseline_model(backbone: str, image_size: int | None = None, weights: str | None = None,
-                         bn_momentum: float = backbones.BN_MOMENTUM) -> keras.Model:
-    """The paper's comparison: one backbone fine-tuned directly as a 3-class classifier."""
-    inputs, features = _image_to_features(backbone, image_size, weights, bn_momentum)
+                         bn_momentum: float = backbones.BN_MOMENTUM,
+                         input_residual: str = INPUT_RESIDUALS[0]) -> keras.Model:
+    """The paper's comparison: one backbone fine-tuned directly as a 3-class classifier
+    (``input_residual`` as the base models')."""
+    inputs, features = _image_to_features(backbone, image_size, weights, bn_momentum, input_residual)
     logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER, dtype="float32")(features)
     return keras.Model(inputs, logits, name="baseline")
 

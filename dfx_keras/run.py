@@ -11,7 +11,7 @@ import contextlib
 import os
 from typing import Iterator
 
-from dfx_keras import backbones
+from dfx_keras import backbones, input_residuals
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.config import EvaluateConfig, TrainConfig, TrainPlan
 from dfx_keras.data import corpus as corpus_lib
@@ -121,6 +121,7 @@ def train(cfg: TrainConfig, plan: TrainPlan) -> dict:
     chief = distribute.is_chief(dist)
     data_holdout.check_workdir_holdout(cfg.wd, data_holdout.normalize(cfg.holdout_architectures))
     if plan.stage in ("all", "base", "baseline"):  # a failed download or a bad file, before the corpus is scanned
+        input_residuals.check_input_residual(cfg.input_residual, cfg.image_size)
         backbones.check_weights(cfg.backbone, cfg.weights, cfg.image_size)
     corpus, source = open_data(cfg, plan.data_dir, plan.make_demo_corpus, write_split=chief, data=plan.data)
     unreadable = f", {len(corpus.unreadable)} unreadable folder(s) or special file(s)" if corpus.unreadable else ""

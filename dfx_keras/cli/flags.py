@@ -11,6 +11,7 @@ from dfx_keras.backbones import BACKBONES
 from dfx_keras.classes import CLASS_NAMES
 from dfx_keras.config import (AUGMENT_KINDS, BASE_OBJECTIVES, BATCH_SIZE, PRECISIONS, PROTOCOLS, SEED, STAGES,
                               STRATEGIES, TrainConfig, TrainPlan)
+from dfx_keras.input_residuals import INPUT_RESIDUALS, check_input_residual
 from dfx_keras.models import FROZEN_BN_MODES
 
 T = TrainConfig  # the defaults of train.py's settings
@@ -42,6 +43,14 @@ def define_train_flags():
                         "installed or a .safetensors copy: the reference's starting point; torchvision's layout and "
                         "ImageNet mean/std), none, or the path of a Keras weights file (offline users).")
     flags.DEFINE_integer("image_size", T.image_size, "Square model input; whole images are squashed to it.", lower_bound=16)
+    flags.DEFINE_enum("input_residual", T.input_residual, INPUT_RESIDUALS, "What the backbone of each base model "
+                      "(and of the baseline) sees: none (the image, as the paper) or npr (Neighbouring Pixel "
+                      "Relationships, Tan et al., CVPR 2024: each pixel of the normalised image minus the top-left "
+                      "pixel of its 2x2 cell, scaled by 2/3 as the authors' code; it keeps the traces generators' "
+                      "up-sampling leaves and drops the content. No weights; needs an even --image_size). The layer "
+                      "is inside the saved models: evaluate.py, export and predict need nothing more.")
+    flags.register_multi_flags_validator(["input_residual", "image_size"], _input_residual_fits,
+                                         "--input_residual does not fit --image_size")
     flags.DEFINE_integer("epochs", T.epochs, "Epochs per stage; the checkpoint with the lowest validation loss is kept.",
                          lower_bound=1)
     flags.DEFINE_float("learning_rate", T.learning_rate, "Adam learning rate (for the global batch size).", lower_bound=0.0)
@@ -108,6 +117,15 @@ def define_train_flags():
                       "features with margin 2; the model keeps its main and rest feature centroids as its head). "
                       "Same optimizer and schedule flags; the complete model is unchanged.")
     flags.mark_flag_as_required("workdir")
+
+
+def _input_residual_fits(values: dict) -> bool:
+    """absl validator: NPR's 2x2 cells need an even image size (the error names both flags)."""
+    try:
+        check_input_residual(values["input_residual"], values["image_size"])
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
 
 
 def define_evaluate_flags():

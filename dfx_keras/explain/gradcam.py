@@ -46,7 +46,7 @@ def _split_at_feature_map(extractor: keras.Model) -> keras.Model:
                          "retrained)") from None
     split = keras.Model(backbone.input, [target.output, backbone.output])
     image = keras.Input(extractor.input_shape[1:])
-    feature_map, pooled = split(extractor.get_layer(models.PREPROCESSING_LAYER)(image))
+    feature_map, pooled = split(models.backbone_input(extractor, image))
     return keras.Model(image, [feature_map, extractor.get_layer(models.FEATURES_LAYER)(pooled)],
                        name=f"{extractor.name}_split")
 

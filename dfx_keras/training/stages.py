@@ -129,7 +129,8 @@ def train_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, main_c
     if warning and is_chief(strategy):
         logging.warning(warning)
     model, summary = fit(name, lambda: models.build_base_model(cfg.backbone, cfg.image_size, cfg.weights, name=name,
-                                                               bn_momentum=cfg.bn_momentum),
+                                                               bn_momentum=cfg.bn_momentum,
+                                                               input_residual=cfg.input_residual),
                          train_ds, val_ds, cfg, strategy, len(train))
     return finish_stage(cfg, name, model, model_path, {**summary, "train_images": len(train), "val_images": len(val),
                                                        "others_share": others, **counts}, strategy)
@@ -158,7 +159,8 @@ def train_contrastive_base_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, so
 
     def build():
         return contrastive.build_siamese(models.build_feature_extractor(
-            cfg.backbone, cfg.image_size, cfg.weights, name=f"{name}_features", bn_momentum=cfg.bn_momentum), name)
+            cfg.backbone, cfg.image_size, cfg.weights, name=f"{name}_features", bn_momentum=cfg.bn_momentum,
+            input_residual=cfg.input_residual), name)
 
     siamese, summary = fit(name, build, train_ds, val_ds, cfg, strategy, len(train), loss=contrastive.contrastive_loss,
                            metrics=[keras.metrics.MeanMetricWrapper(contrastive.pair_accuracy, name="accuracy")])
@@ -267,7 +269,7 @@ def train_baseline(cfg: TrainConfig, corpus: corpus_lib.Corpus, source, strategy
     train, val, weights = complete_split(corpus, cfg.val_fraction)
     train_ds, val_ds = complete_pool_datasets(cfg, source, train, val, weights, cfg.image_size, strategy)
     model, summary = fit("baseline", lambda: models.build_baseline_model(cfg.backbone, cfg.image_size, cfg.weights,
-                                                                        cfg.bn_momentum),
+                                                                        cfg.bn_momentum, cfg.input_residual),
                          train_ds, val_ds, cfg, strategy, len(train))
     return finish_stage(cfg, "baseline", model, model_path,
                         {**summary, "train_images": len(train), "val_images": len(val)}, strategy)
