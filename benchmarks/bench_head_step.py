@@ -111,10 +111,11 @@ def main() -> None:
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     medians = {name: {k: statistics.median(r[k] for r in runs) for k in ("images_per_s", "images_per_cpu_s")}
                for name, runs in rates.items()}
+    torch = medians["torch"]
     for name, m in medians.items():
-        print(f"median {name:<22} {m['images_per_s']:7.1f} images/s ({m['images_per_s'] / medians['torch']['images_per_s']:.2f}x "
+        print(f"median {name:<22} {m['images_per_s']:7.1f} images/s ({m['images_per_s'] / torch['images_per_s']:.2f}x "
               f"torch), {m['images_per_cpu_s']:7.1f} per CPU-second "
-              f"({m['images_per_cpu_s'] / medians['torch']['images_per_cpu_s']:.2f}x torch)")
+              f"({m['images_per_cpu_s'] / torch['images_per_cpu_s']:.2f}x torch)")
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -4,7 +4,8 @@ Run with a Python that has torch (a scratch env; this repository does not depend
 
     python benchmarks/torch_head_twin.py --feature_dim=1024 --batch_size=32 --steps=20 --warmup=3 [--threads=N]
 
-Prints one line of JSON: {"images_per_s": ..., "images_per_cpu_s": ..., "threads": ...}. Same layers as models.build_head:
+Prints one line of JSON: {"images_per_s": ..., "images_per_cpu_s": ..., "threads": ...}.
+Same layers as models.build_head:
 Conv1d(padding=1) -> ReLU -> BatchNorm1d (none after conv5), mean over length, Linear 3;
 class-weighted cross-entropy, Adam(lr 1e-4, weight_decay 1e-3: coupled L2 as AdamL2), training mode.
 """
