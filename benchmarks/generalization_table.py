@@ -44,6 +44,9 @@ ROWS = {
     "others_min": ["--others_min_images=20"],
     "npr": ["--input_residual=npr"],
 }
+# Rows whose flags only change the base models: their baseline would be the default row's, so
+# they do not train one (the table prints the baseline once, under "default").
+BASE_MODELS_ONLY = {"contrastive", "others_min"}
 
 
 def demo_recipe() -> list[str]:
@@ -68,6 +71,13 @@ RECIPES = {
 }
 
 
+def without_baseline(calls: list[list[str]], row: str) -> list[list[str]]:
+    """The recipe's calls, without training the baseline for rows that cannot change it."""
+    if row not in BASE_MODELS_ONLY:
+        return calls
+    return [call + ["--notrain_baseline"] for call in calls if "--stage=baseline" not in call]
+
+
 def generator_folders(corpus: str) -> list[str]:
     """``<class>/<folder>`` of every generator folder (the real folders stay in every fold)."""
     return sorted(f"{c}/{a}" for c in ("dm_generated", "gan_generated")
@@ -87,7 +97,7 @@ def run_one(args, row: str, fold: str | None) -> dict:
     holdout = [f"--holdout_architectures={fold}"] if fold else []
     seed = [f"--seed={args.seed}"] if args.seed is not None else []
     calls = [[sys.executable, os.path.join(REPO, "train.py"), f"--workdir={workdir}", f"--data_dir={args.corpus}",
-              *flags, *seed, *ROWS[row], *holdout] for flags in RECIPES[args.recipe]()]
+              *flags, *seed, *ROWS[row], *holdout] for flags in without_baseline(RECIPES[args.recipe](), row)]
     protocols = ["--protocols=holdout"] if fold else ["--protocols=generalization", f"--generalization_dir={args.heldout}"]
     calls.append([sys.executable, os.path.join(REPO, "evaluate.py"), f"--workdir={workdir}",
                   f"--results_dir={results_dir}", *protocols])
@@ -109,8 +119,10 @@ def scores(results: dict, fold: str | None) -> dict[str, dict[str, tuple[float, 
         sets = {fold.split("/")[1]: block["holdout"][fold]} if fold else block["generalization"]
         return {name: (entry["accuracy"], entry["auc"]) for name, entry in sets.items()}
 
-    complete, baseline = pick(results), pick(results["baseline"])
-    return {name: {"complete": complete[name], "baseline": baseline[name]} for name in complete}
+    complete = pick(results)
+    baseline = pick(results["baseline"]) if "baseline" in results else {}
+    return {name: {"complete": complete[name], **({"baseline": baseline[name]} if baseline else {})}
+            for name in complete}
 
 
 def table(rows: list[str], runs: dict) -> str:
@@ -120,8 +132,10 @@ def table(rows: list[str], runs: dict) -> str:
              "| --- | --- |" + " --- |" * (len(columns) + 2)]
     for row in rows:
         for model in ("complete", "baseline"):
-            cells = [runs[(row, c)][model] if (row, c) in runs else None for c in columns]
+            cells = [runs.get((row, c), {}).get(model) for c in columns]
             done = [c for c in cells if c]
+            if not done:  # a row that trains no baseline
+                continue
             text = [f"{c[0]:.3f} ({c[1]:.3f})" if c else "-" for c in cells]
             mean_acc, mean_auc = (sum(c[i] for c in done) / len(done) if done else float("nan") for i in (0, 1))
             lines.append(f"| {row} | {model} | " + " | ".join(text) + f" | {mean_acc:.3f} | {mean_auc:.3f} |")

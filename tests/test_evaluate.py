@@ -251,3 +251,21 @@ def test_a_results_dir_that_cannot_be_written_is_refused_before_any_work(workdir
         result = _evaluate_cli(f"--workdir={work}", f"--results_dir={results}", "--protocols=raw", timeout=120)
         assert result.returncode != 0 and f"--results_dir={results} {why}" in result.stderr
         assert "Traceback" not in result.stderr and "test pool" not in result.stdout  # nothing ran
+
+
+def test_every_protocol_and_ragged_last_batches_reuse_one_traced_function(workdir, tmp_path):
+    """One trace per input size for the whole evaluation (raw, 13 attacks, generalization sets of
+    another size, batch 1): start-up pays tracing once; a ragged last batch gives the same
+    probabilities as the same images alone."""
+    work, data = workdir
+    clf = classifier.load_classifier(os.path.join(work, "models", "complete.keras"), "complete")
+    source = pipelines.FolderSource(data)
+    test_samples = protocols.test_data(corpus_lib.scan_corpus(data, check=False))[0]
+    batch_size = len(test_samples) - 1  # every pass ends on a batch of one
+    _, passes = protocols.evaluate(clf, ["raw", "robustness", "generalization"], source=source,
+                                   test_samples=test_samples, batch_size=batch_size,
+                                   generalization_dir=make_generalization_tree(tmp_path / "generalization"))
+    assert len(passes) == 1 + len(attacks.ATTACKS) + 2
+    one_by_one = protocols.predict(clf, source, test_samples, batch_size=1)
+    assert clf.probabilities.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(one_by_one.probabilities, passes[0][2].probabilities, atol=1e-5)
