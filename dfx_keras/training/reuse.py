@@ -24,9 +24,13 @@ from typing import Callable
 
 import keras
 import numpy as np
-from keras.src.backend.common import global_state
-from keras.src.random import seed_generator
-from tensorflow.python.eager import context
+
+try:  # private modules: without them every reseed is Keras' own (the same results, only slower)
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from tensorflow.python.eager import context
+except ImportError:
+    global_state = None
 
 
 class ReusedModel:
@@ -70,7 +74,7 @@ def set_random_seed(seed: int) -> None:
     (88 s with the tracing). Seeded tf.data ops read the global seed's value, which stays the
     same; the Keras, Python and NumPy generators are reset as Keras resets them.
     """
-    if context.global_seed() != seed:
+    if global_state is None or context.global_seed() != seed:
         keras.utils.set_random_seed(seed)
         return
     global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)  # recreated from the seed
