@@ -134,7 +134,7 @@ def table(rows: list[str], runs: dict) -> str:
         for model in ("complete", "baseline"):
             cells = [runs.get((row, c), {}).get(model) for c in columns]
             done = [c for c in cells if c]
-            if not done:  # a row that trains no baseline
+            if not done or (model == "baseline" and row in BASE_MODELS_ONLY):  # the default row's baseline
                 continue
             text = [f"{c[0]:.3f} ({c[1]:.3f})" if c else "-" for c in cells]
             mean_acc, mean_auc = (sum(c[i] for c in done) / len(done) if done else float("nan") for i in (0, 1))
