@@ -58,6 +58,8 @@ def test_training_runs_the_fused_kernel_and_other_cases_run_keras_code():
     assert "FusedBatchNormV3" in op_types(training=True)
     assert "FusedBatchNormV3" not in op_types(training=False)
     assert "FusedBatchNormV3" not in op_types(training=True, mask=tf.ones((4, 20), bool))
+    fused.synchronized = True  # what --sync_batchnorm sets on several replicas: cross-replica moments
+    assert "FusedBatchNormV3" not in op_types(training=True)
 
 
 def test_mixed_bfloat16_keeps_the_compute_dtype_and_float32_statistics():
