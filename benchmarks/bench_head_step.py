@@ -15,7 +15,16 @@ of the process (the steadier figure on a shared machine).
 
 Variants: ``keras`` (as the stage runs on CPU: no XLA), ``keras_xla`` (``jit_compile=True``),
 ``keras_onednn_off`` / ``keras_xla_onednn_off`` (``TF_ENABLE_ONEDNN_OPTS=0``),
-``keras_inter1`` (one inter-op thread), ``torch``.
+``keras_inter1`` / ``keras_intra1`` (one inter-op / intra-op thread), ``keras_intra4`` /
+``keras_intra4_inter1`` (4 intra-op threads on the 2 cores: oneDNN splits each kernel into one
+chunk per thread, so smaller chunks balance better), ``keras_bare`` (plain
+Adam, no sample weights, no metric: what the stage's compile costs), ``keras_spe4``
+(``steps_per_execution=4``: what fit's per-step Python costs), ``keras_fused_bn``
+(``build_head(fused_bn=True)``), ``keras_bf16`` / ``keras_bf16_fused_bn`` (the
+``mixed_bfloat16`` policy), ``torch``, ``torch_bf16`` (the twin under
+``torch.autocast("cpu", torch.bfloat16)``). Ratios are printed against ``torch``,
+``torch_bf16`` and ``keras`` when they ran: Keras against Keras is the figure that a loaded
+machine distorts least (both sides share TensorFlow's thread pools).
 """
 
 from __future__ import annotations
@@ -30,33 +39,70 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve()
-KERAS_VARIANTS = {  # name -> (jit_compile, extra environment)
-    "keras": (False, {}),
-    "keras_xla": (True, {}),
-    "keras_onednn_off": (False, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-    "keras_xla_onednn_off": (True, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-    "keras_inter1": (False, {"DFX_BENCH_INTER_OP_THREADS": "1"}),
+
+
+def _variant(jit=False, env=None, compile="stage", fused_bn=False, precision="float32", steps_per_execution=1):
+    return {"jit": jit, "env": env or {}, "compile": compile, "fused_bn": fused_bn, "precision": precision,
+            "steps_per_execution": steps_per_execution}
+
+
+KERAS_VARIANTS = {
+    "keras": _variant(),
+    "keras_xla": _variant(jit=True),
+    "keras_onednn_off": _variant(env={"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "keras_xla_onednn_off": _variant(jit=True, env={"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "keras_inter1": _variant(env={"DFX_BENCH_INTER_OP_THREADS": "1"}),
+    "keras_intra1": _variant(env={"DFX_BENCH_INTRA_OP_THREADS": "1"}),
+    "keras_intra4": _variant(env={"DFX_BENCH_INTRA_OP_THREADS": "4"}),
+    "keras_intra4_inter1": _variant(env={"DFX_BENCH_INTRA_OP_THREADS": "4", "DFX_BENCH_INTER_OP_THREADS": "1"}),
+    "keras_bare": _variant(compile="bare"),
+    "keras_spe4": _variant(steps_per_execution=4),
+    "keras_fused_bn": _variant(fused_bn=True),
+    "keras_bf16": _variant(precision="mixed_bfloat16"),
+    "keras_bf16_fused_bn": _variant(precision="mixed_bfloat16", fused_bn=True),
 }
-VARIANTS = (*KERAS_VARIANTS, "torch")
+TORCH_VARIANTS = {"torch": [], "torch_bf16": ["--bf16"]}  # name -> extra arguments of torch_head_twin.py
+VARIANTS = (*KERAS_VARIANTS, *TORCH_VARIANTS)
+
+
+def build_head_step(name: str, feature_dim: int, batch_size: int):
+    """The head of Keras variant ``name`` compiled, and a dataset of one repeated batch for ``fit``.
+
+    ``compile="stage"`` is the complete stage's compile (``fit.compile_model``) fed (features,
+    labels, class weights); ``"bare"`` the same layers with plain Adam, no sample weights and
+    no metric, to price what the stage's compile adds.
+    """
+    sys.path.insert(0, str(HERE.parents[1]))
+    import keras
+    import tensorflow as tf
+
+    from dfx_keras import config, models
+    from dfx_keras.training import fit
+
+    spec = KERAS_VARIANTS[name]
+    for setting, env in ((tf.config.threading.set_inter_op_parallelism_threads, "DFX_BENCH_INTER_OP_THREADS"),
+                         (tf.config.threading.set_intra_op_parallelism_threads, "DFX_BENCH_INTRA_OP_THREADS")):
+        if spec["env"].get(env):
+            setting(int(spec["env"][env]))
+    cfg = config.TrainConfig(workdir="", jit_compile=spec["jit"], precision=spec["precision"])
+    with fit.dtype_policy(cfg.precision):
+        head = models.build_head(feature_dim, fused_bn=spec["fused_bn"])
+    features = tf.random.stateless_uniform((batch_size, feature_dim, 3), seed=(1, 2))
+    labels = tf.range(batch_size) % 3
+    if spec["compile"] == "bare":
+        head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=spec["jit"])
+        batch = (features, labels)
+    else:
+        fit.compile_model(head, cfg, replicas=1)
+        batch = (features, labels, tf.ones((batch_size,)))
+    head.steps_per_execution = spec["steps_per_execution"]  # read when fit builds its train function
+    return head, tf.data.Dataset.from_tensors(batch).repeat()
 
 
 def keras_child(args) -> None:
     """Images/s of the Keras head's ``fit`` steps (prints one RESULT line)."""
-    sys.path.insert(0, str(HERE.parents[1]))
-    import tensorflow as tf
-
-    if os.environ.get("DFX_BENCH_INTER_OP_THREADS"):
-        tf.config.threading.set_inter_op_parallelism_threads(int(os.environ["DFX_BENCH_INTER_OP_THREADS"]))
-    from dfx_keras import config, models
-    from dfx_keras.training import fit
-
-    jit, _ = KERAS_VARIANTS[args.child]
-    cfg = config.TrainConfig(workdir="", jit_compile=jit)
-    head = fit.compile_model(models.build_head(args.feature_dim), cfg, replicas=1)
-    features = tf.random.stateless_uniform((args.batch_size, args.feature_dim, 3), seed=(1, 2))
-    labels = tf.range(args.batch_size) % 3
-    weights = tf.ones((args.batch_size,))
-    batches = tf.data.Dataset.from_tensors((features, labels, weights)).repeat()
+    head, batches = build_head_step(args.child, args.feature_dim, args.batch_size)
     head.fit(batches, steps_per_epoch=args.warmup, epochs=1, verbose=0)
     start, cpu = time.perf_counter(), time.process_time()
     head.fit(batches, steps_per_epoch=args.steps, epochs=1, verbose=0)
@@ -66,12 +112,12 @@ def keras_child(args) -> None:
 
 
 def run_variant(name: str, args) -> dict:
-    if name == "torch":
-        command = [args.torch_python, str(HERE.parent / "torch_head_twin.py")]
+    if name in TORCH_VARIANTS:
+        command = [args.torch_python, str(HERE.parent / "torch_head_twin.py"), *TORCH_VARIANTS[name]]
         env = dict(os.environ)
     else:
         command = [sys.executable, str(HERE), "--child", name]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **KERAS_VARIANTS[name][1]}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **KERAS_VARIANTS[name]["env"]}
     command += ["--feature_dim", str(args.feature_dim), "--batch_size", str(args.batch_size),
                 "--steps", str(args.steps), "--warmup", str(args.warmup)]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -97,8 +143,8 @@ def main() -> None:
         return
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown or "torch" not in variants:
-        parser.error(f"--variants: unknown {unknown}" if unknown else "--variants must include torch (the baseline)")
+    if unknown or not {"torch", "keras"} & set(variants):
+        parser.error(f"--variants: unknown {unknown}" if unknown else "--variants must include torch or keras (a baseline)")
     print(f"head train step: D={args.feature_dim}, batch {args.batch_size}, {args.steps} timed steps after "
           f"{args.warmup}; {os.cpu_count()} CPUs; load average before: {os.getloadavg()}")
     rates = {v: [] for v in variants}
@@ -111,11 +157,12 @@ def main() -> None:
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     medians = {name: {k: statistics.median(r[k] for r in runs) for k in ("images_per_s", "images_per_cpu_s")}
                for name, runs in rates.items()}
-    torch = medians["torch"]
+    baselines = [b for b in ("torch", "torch_bf16", "keras") if b in medians]
     for name, m in medians.items():
-        print(f"median {name:<22} {m['images_per_s']:7.1f} images/s ({m['images_per_s'] / torch['images_per_s']:.2f}x "
-              f"torch), {m['images_per_cpu_s']:7.1f} per CPU-second "
-              f"({m['images_per_cpu_s'] / torch['images_per_cpu_s']:.2f}x torch)")
+        ratios = ", ".join(f"{m['images_per_s'] / medians[b]['images_per_s']:.2f}x {b}" for b in baselines)
+        cpu_ratios = ", ".join(f"{m['images_per_cpu_s'] / medians[b]['images_per_cpu_s']:.2f}x {b}" for b in baselines)
+        print(f"median {name:<22} {m['images_per_s']:7.1f} images/s ({ratios}), "
+              f"{m['images_per_cpu_s']:7.1f} per CPU-second ({cpu_ratios})")
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -2,15 +2,18 @@
 
 Run with a Python that has torch (a scratch env; this repository does not depend on torch):
 
-    python benchmarks/torch_head_twin.py --feature_dim=1024 --batch_size=32 --steps=20 --warmup=3 [--threads=N]
+    python benchmarks/torch_head_twin.py --feature_dim=1024 --batch_size=32 --steps=20 --warmup=3 [--threads=N] [--bf16]
 
 Prints one line of JSON: {"images_per_s": ..., "images_per_cpu_s": ..., "threads": ...}.
 Same layers as models.build_head:
 Conv1d(padding=1) -> ReLU -> BatchNorm1d (none after conv5), mean over length, Linear 3;
 class-weighted cross-entropy, Adam(lr 1e-4, weight_decay 1e-3: coupled L2 as AdamL2), training mode.
+``--bf16``: the forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (float32
+weights and optimizer), the twin of Keras' ``mixed_bfloat16`` policy.
 """
 
 import argparse
+import contextlib
 import json
 import time
 
@@ -43,6 +46,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0: torch's default")
+    parser.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,9 +58,14 @@ def main():
     y = torch.arange(args.batch_size) % 3
     w = torch.ones(args.batch_size)  # class weights per example, as the complete stage feeds them
 
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = (loss_fn(head(x), y) * w).mean()
+        with autocast():
+            logits = head(x)
+        loss = (loss_fn(logits.float(), y) * w).mean()
         loss.backward()
         optimizer.step()
         return loss.item()  # synchronises, as Keras' fit reads its logs
@@ -68,7 +77,7 @@ def main():
         step()
     images = args.steps * args.batch_size
     print(json.dumps({"images_per_s": images / (time.perf_counter() - start),
-                      "images_per_cpu_s": images / (time.process_time() - cpu), "threads": torch.get_num_threads()}))
+                      "images_per_cpu_s": images / (time.process_time() - cpu), "threads": torch.get_num_threads(), "bf16": args.bf16}))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class TrainConfig:
     precision: str = PRECISIONS[0]  # a Keras dtype policy
     jit_compile: bool | str = "auto"  # XLA; "auto" is Keras' choice (one GPU without tf.distribute only)
     sync_batchnorm: bool = True
+    head_fused_bn: bool = False  # the head's BatchNorm trains through TF's fused kernel (fused_batchnorm)
     bn_momentum: float = BN_MOMENTUM  # the backbones' BatchNorm momentum (Keras convention)
     frozen_bn: str = FROZEN_BN_MODES[0]  # the frozen base models' BatchNorm in the complete stage
     holdout_architectures: Sequence[str] = ()  # "<class>/<folder>" kept out of every stage (data.holdout)

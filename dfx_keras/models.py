@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from dfx_keras import backbones
+from dfx_keras.fused_batchnorm import FusedBatchNormalization
 from dfx_keras.input_residuals import INPUT_RESIDUALS, residual_layer
 from dfx_keras.classes import NUM_CLASSES, base_model_name  # noqa: F401  models.base_model_name names the Keras models
 
@@ -92,13 +93,16 @@ def _features(extractor_output):
     return extractor_output[0] if isinstance(extractor_output, (list, tuple)) else extractor_output
 
 
-def build_head(feature_dim: int, name: str = "head") -> keras.Model:
+def build_head(feature_dim: int, name: str = "head", fused_bn: bool = False) -> keras.Model:
     """The Conv1D head: stacked features (B, D, 3) -> 3 logits, exactly as DESIGN.md 1.3.
 
     PyTorch's ``padding=1`` is an explicit one-sample zero pad on both sides followed by a
     ``valid`` convolution; Keras' ``same`` pads asymmetrically at stride 2 and differs.
-    Order per block: conv -> ReLU -> BatchNorm (none after the last conv).
+    Order per block: conv -> ReLU -> BatchNorm (none after the last conv). ``fused_bn`` trains
+    the BatchNorm layers through TensorFlow's fused kernel (``fused_batchnorm``: same results
+    to float tolerance, not bit for bit, so off by default).
     """
+    batch_norm = FusedBatchNormalization if fused_bn else layers.BatchNormalization
     inputs = keras.Input((feature_dim, 3), name="stacked_features")
     x = inputs
     for i, (filters, kernel, stride) in enumerate(HEAD_CONVS, start=1):
@@ -106,7 +110,7 @@ def build_head(feature_dim: int, name: str = "head") -> keras.Model:
         x = layers.Conv1D(filters, kernel, strides=stride, padding="valid", name=f"conv{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         if i < len(HEAD_CONVS):
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"bn{i}")(x)
+            x = batch_norm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"bn{i}")(x)
     x = layers.GlobalAveragePooling1D(name="pool")(x)
     logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER, dtype="float32")(x)
     return keras.Model(inputs, logits, name=name)

@@ -45,6 +45,13 @@ def test_cached_features_and_end_to_end_training_give_the_same_head(tmp_path, tr
     heads = [models.head_of(models.load_model(cfg.wd.path("models", "complete.keras"))) for cfg in (cached, end_to_end)]
     for a, b in zip(*(head.weights for head in heads)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)  # bit-identical here
+    # --head_fused_bn: the head's BatchNorm through TF's fused kernel trains the same head to
+    # float tolerance (another summation order, so not bit for bit), and its complete.keras loads.
+    fused = _complete(tmp_path, trained_bases, "fused_bn", head_fused_bn=True)
+    fused_head = models.head_of(models.load_model(fused.wd.path("models", "complete.keras")))
+    assert type(fused_head.get_layer("bn1")).__name__ == "FusedBatchNormalization"
+    for a, b in zip(heads[0].weights, fused_head.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
 
 
 @pytest.mark.slow

@@ -90,6 +90,9 @@ def define_train_flags():
     flags.DEFINE_bool("jit_compile", None, "XLA-compile the training and validation steps. Unset: Keras' choice "
                       "(on for one GPU, off on CPUs); --jit_compile forces it on, --nojit_compile off. Always off "
                       "on several replicas (Keras 3 cannot XLA-compile under tf.distribute).")
+    flags.DEFINE_bool("head_fused_bn", T.head_fused_bn, "Train the head's BatchNorm layers through TensorFlow's fused "
+                      "kernel (oneDNN / cuDNN) instead of Keras' separate ops: the same head to float tolerance, "
+                      "not bit for bit. Pays with --precision=mixed_bfloat16 on CPU (see benchmarks/RESULTS.md).")
     flags.DEFINE_bool("sync_batchnorm", T.sync_batchnorm, "With several replicas, BatchNorm uses the statistics of the global "
                       "batch, so results do not depend on the number of GPUs; --nosync_batchnorm uses each "
                       "replica's slice (less communication; keep >= 16 images per replica).")

@@ -254,8 +254,8 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         train_ds = cache.dataset(train, cfg.batch_size, weights=[weights[s.label] for s in train],
                                  shuffle_seed=cfg.seed, share=worker_share(strategy))
         val_ds = cache.dataset(val, cfg.batch_size)
-        head, summary = fit("complete", lambda: models.build_head(feature_dim), train_ds, val_ds, cfg, strategy,
-                            len(train))
+        head, summary = fit("complete", lambda: models.build_head(feature_dim, fused_bn=cfg.head_fused_bn),
+                            train_ds, val_ds, cfg, strategy, len(train))
         with strategy.scope():
             if extract_with is not strategy:  # a multi-worker run extracted under the default strategy
                 bases = load_base_models(cfg.wd)
@@ -264,7 +264,7 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         train_ds, val_ds = complete_pool_datasets(cfg, source, train, val, weights, image_size, strategy)
 
         def build_end_to_end():
-            head = models.build_head(feature_dim)  # first, to draw the same initial weights as with the cache
+            head = models.build_head(feature_dim, fused_bn=cfg.head_fused_bn)  # first, to draw the same initial weights as with the cache
             return models.build_complete_model(*load_base_models(cfg.wd), head=head, frozen_bn=cfg.frozen_bn)
 
         complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy, len(train))
