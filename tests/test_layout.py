@@ -18,7 +18,7 @@ LONGER = {"data/demo.py"}  # the procedural demo renderer: one job, long by natu
 # itself is the package's lazy API (it imports nothing at load).
 FLOORS = (
     ("dfx_keras", "classes", "configs"),
-    ("workdir", "optimizers", "contrastive", "kcv", "architectures", "input_residuals"),
+    ("workdir", "optimizers", "contrastive", "kcv", "architectures", "input_residuals", "fused_batchnorm"),
     ("torchvision_weights",),
     ("backbones", "data"),
     ("models", "datasets"),
