@@ -248,14 +248,17 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
     if cfg.feature_cache and cfg.frozen_bn == "reference":
         logging.warning("--frozen_bn=reference: the base models' BatchNorm statistics change while the head trains; "
                         "the complete model trains end to end and the feature cache is bypassed")
+
+    def new_head() -> keras.Model:  # one builder for both paths: the same layers and initial weights
+        return models.build_head(feature_dim, fused_bn=cfg.head_fused_bn)
+
     if cfg.feature_cache and not cfg.augment and cfg.frozen_bn == "inference":
         cache = FeatureCache(cfg.wd.features, frozen, source, image_size, cfg.batch_size, strategy=extract_with,
                              write=is_chief(strategy))
         train_ds = cache.dataset(train, cfg.batch_size, weights=[weights[s.label] for s in train],
                                  shuffle_seed=cfg.seed, share=worker_share(strategy))
         val_ds = cache.dataset(val, cfg.batch_size)
-        head, summary = fit("complete", lambda: models.build_head(feature_dim, fused_bn=cfg.head_fused_bn),
-                            train_ds, val_ds, cfg, strategy, len(train))
+        head, summary = fit("complete", new_head, train_ds, val_ds, cfg, strategy, len(train))
         with strategy.scope():
             if extract_with is not strategy:  # a multi-worker run extracted under the default strategy
                 bases = load_base_models(cfg.wd)
@@ -264,7 +267,7 @@ def train_complete_model(cfg: TrainConfig, corpus: corpus_lib.Corpus, source,
         train_ds, val_ds = complete_pool_datasets(cfg, source, train, val, weights, image_size, strategy)
 
         def build_end_to_end():
-            head = models.build_head(feature_dim, fused_bn=cfg.head_fused_bn)  # first, to draw the same initial weights as with the cache
+            head = new_head()  # first, to draw the same initial weights as with the cache
             return models.build_complete_model(*load_base_models(cfg.wd), head=head, frozen_bn=cfg.frozen_bn)
 
         complete, summary = fit("complete", build_end_to_end, train_ds, val_ds, cfg, strategy, len(train))
