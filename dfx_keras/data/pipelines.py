@@ -132,7 +132,7 @@ def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size
     ``share=(workers, index)`` (a multi-worker training stream) reads only this worker's images:
     its ``worker_slices`` of the seeded stream, or with ``cache`` every ``workers``-th sample
     (shuffled after the cache, so the global batches then differ from one device's). Batches
-    stay global-sized; the strategy splits them among the worker's replicas (``per_worker``).
+    stay global-sized; the strategy splits them among the worker's replicas (``finish``).
     """
     select = None
     if share is not None:
@@ -157,7 +157,7 @@ def image_dataset(source, samples: Sequence[Sample], image_size: int, batch_size
             ds = ds.repeat().shuffle(min(len(samples), 4096), seed=shuffle_seed, reshuffle_each_iteration=False)
     if repeat:
         ds = ds.repeat()
-    return per_worker(ds.batch(batch_size).prefetch(AUTOTUNE), share is not None)
+    return finish(ds.batch(batch_size), share is not None)
 
 
 def undecodable(source, samples: Sequence[Sample]) -> list[Sample]:
@@ -172,7 +172,7 @@ def undecodable(source, samples: Sequence[Sample]) -> list[Sample]:
         return path, decoded_shape(encoded)
 
     ds = source.encoded(samples).map(decoded, num_parallel_calls=AUTOTUNE).ignore_errors()
-    read = {path.decode() for paths, _ in ds.batch(1024).as_numpy_iterator() for path in paths}
+    read = {path.decode() for paths, _ in finish(ds.batch(1024)).as_numpy_iterator() for path in paths}
     return [s for s in samples if s.path not in read]
 
 
@@ -183,19 +183,29 @@ def decoded_shape(encoded: tf.Tensor) -> tf.Tensor:
     return tf.shape(decode_uint8(encoded))
 
 
-def per_worker(ds: tf.data.Dataset, sharded: bool) -> tf.data.Dataset:
-    """Tell a multi-worker strategy how ``ds`` is split among workers (one machine: ignored).
+def finish(ds: tf.data.Dataset, sharded: bool = False) -> tf.data.Dataset:
+    """The end of every pipeline here: prefetch, then the options that every iterator needs.
 
-    ``sharded``: ``ds`` already holds only this worker's images (``share``), so the worker keeps
+    Without tf.data's autotuning model. TensorFlow 2.21 deletes an autotuned iterator only when
+    the model's thread next wakes up, and that thread sleeps 10 ms, 20 ms, 40 ms, ... doubling
+    from the first batch: an iterator dropped after 6 s blocks the caller until 10.2 s, one
+    dropped after 40 s until 41 s or 82 s. Keras drops one at the end of every ``fit`` and
+    every validation or prediction pass, so small runs paid up to a pass's time again
+    (tests/test_pipelines.py pins the wait). Without the model, ``AUTOTUNE`` map parallelism is
+    the core count and ``AUTOTUNE`` prefetch buffers still grow on demand.
+
+    ``sharded`` tells a multi-worker strategy how ``ds`` is split among workers (one machine:
+    ignored): ``ds`` already holds only this worker's images (``share``), so the worker keeps
     every batch (``AutoShardPolicy.OFF``); each global-sized batch then feeds its replicas for
     ``workers`` steps. Otherwise every worker runs the whole pipeline and keeps its slice of
     each batch (``DATA``): our sources are lists of paths read with ``tf.io.read_file``, not
     reader datasets, so TensorFlow's default (shard by file) would warn and do this anyway.
     """
     options = tf.data.Options()
+    options.autotune.enabled = False
     policy = tf.data.experimental.AutoShardPolicy
     options.experimental_distribute.auto_shard_policy = policy.OFF if sharded else policy.DATA
-    return ds.with_options(options)
+    return ds.prefetch(AUTOTUNE).with_options(options)
 
 
 def folder_source(data_dir: str) -> FolderSource:

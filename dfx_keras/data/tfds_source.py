@@ -69,7 +69,7 @@ def _samples(builder: tfds.core.DatasetBuilder, split: str, architecture_name) -
     metadata = metadata.map(lambda ex: (ex["file_name"], ex["label"], ex["architecture"]),
                             num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
     return [Sample(path.decode("utf-8"), int(label), architecture_name(int(architecture)))
-            for paths, labels, archs in tfds.as_numpy(metadata)
+            for paths, labels, archs in tfds.as_numpy(pipelines.finish(metadata))
             for path, label, architecture in zip(paths, labels, archs)]
 
 

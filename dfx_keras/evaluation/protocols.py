@@ -61,7 +61,7 @@ def bytes_dataset(source, samples: Sequence[corpus_lib.Sample], batch_size: int,
     ds = source.encoded(samples).map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
     if transform is None:
         ds = ds.map(lambda encoded, path, _: (encoded, path))
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return pipelines.finish(ds.batch(batch_size))
 
 
 def predict(classifier: Classifier, source, samples: Sequence[corpus_lib.Sample], batch_size: int,

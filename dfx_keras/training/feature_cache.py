@@ -109,7 +109,7 @@ class FeatureCache:
             if share is not None:
                 order = pipelines.worker_slices(order, share, batch_size)
             ds = order.batch(batch_size).map(lambda i: tuple(tf.gather(p, i) for p in parts))
-        return pipelines.per_worker(ds.prefetch(tf.data.AUTOTUNE), share is not None)
+        return pipelines.finish(ds, share is not None)
 
 
 def _digest(chunks) -> str:

@@ -82,7 +82,7 @@ def pair_dataset(source: pipelines.FolderSource, samples: Sequence[Sample], part
         return (image(firsts), image(seconds)), tf.gather(labels, i)
 
     ds = order.map(load, num_parallel_calls=pipelines.AUTOTUNE).ignore_errors(log_warning=True)
-    return pipelines.per_worker(ds.batch(batch_size).prefetch(pipelines.AUTOTUNE), share is not None)
+    return pipelines.finish(ds.batch(batch_size), share is not None)
 
 
 def embed(embedder: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
