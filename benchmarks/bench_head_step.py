@@ -77,6 +77,7 @@ def build_head_step(name: str, feature_dim: int, batch_size: int):
     import tensorflow as tf
 
     from dfx_keras import config, models
+    from dfx_keras.data import pipelines
     from dfx_keras.training import fit
 
     spec = KERAS_VARIANTS[name]
@@ -97,7 +98,8 @@ def build_head_step(name: str, feature_dim: int, batch_size: int):
         fit.compile_model(head, cfg, replicas=1)
         batch = (features, labels, tf.ones((batch_size,)))
     head.steps_per_execution = spec["steps_per_execution"]  # read when fit builds its train function
-    return head, tf.data.Dataset.from_tensors(batch).repeat()
+    # finish(): as the stage's feature-cache batches (no autotuning wait when fit drops the iterator)
+    return head, pipelines.finish(tf.data.Dataset.from_tensors(batch).repeat())
 
 
 def keras_child(args) -> None:
