@@ -22,7 +22,8 @@ Adam, no sample weights, no metric: what the stage's compile costs), ``keras_spe
 (``steps_per_execution=4``: what fit's per-step Python costs), ``keras_fused_bn``
 (``build_head(fused_bn=True)``), ``keras_bf16`` / ``keras_bf16_fused_bn`` (the
 ``mixed_bfloat16`` policy), ``torch``, ``torch_bf16`` (the twin under
-``torch.autocast("cpu", torch.bfloat16)``). Ratios are printed against ``torch``,
+``torch.autocast("cpu", torch.bfloat16)``), ``keras_conv45_only`` (the head from bn3 on: conv4 and conv5,
+97% of its multiply-adds, the same compile: a step no head can beat). Ratios are printed against ``torch``,
 ``torch_bf16`` and ``keras`` when they ran: Keras against Keras is the figure that a loaded
 machine distorts least (both sides share TensorFlow's thread pools).
 """
@@ -41,9 +42,10 @@ import time
 HERE = pathlib.Path(__file__).resolve()
 
 
-def _variant(jit=False, env=None, compile="stage", fused_bn=False, precision="float32", steps_per_execution=1):
+def _variant(jit=False, env=None, compile="stage", fused_bn=False, precision="float32", steps_per_execution=1,
+             conv45_only=False):
     return {"jit": jit, "env": env or {}, "compile": compile, "fused_bn": fused_bn, "precision": precision,
-            "steps_per_execution": steps_per_execution}
+            "steps_per_execution": steps_per_execution, "conv45_only": conv45_only}
 
 
 KERAS_VARIANTS = {
@@ -60,6 +62,7 @@ KERAS_VARIANTS = {
     "keras_fused_bn": _variant(fused_bn=True),
     "keras_bf16": _variant(precision="mixed_bfloat16"),
     "keras_bf16_fused_bn": _variant(precision="mixed_bfloat16", fused_bn=True),
+    "keras_conv45_only": _variant(conv45_only=True),
 }
 TORCH_VARIANTS = {"torch": [], "torch_bf16": ["--bf16"]}  # name -> extra arguments of torch_head_twin.py
 VARIANTS = (*KERAS_VARIANTS, *TORCH_VARIANTS)
@@ -88,7 +91,9 @@ def build_head_step(name: str, feature_dim: int, batch_size: int):
     cfg = config.TrainConfig(workdir="", jit_compile=spec["jit"], precision=spec["precision"])
     with fit.dtype_policy(cfg.precision):
         head = models.build_head(feature_dim, fused_bn=spec["fused_bn"])
-    features = tf.random.stateless_uniform((batch_size, feature_dim, 3), seed=(1, 2))
+        if spec["conv45_only"]:
+            head = _conv45_only(head)
+    features = tf.random.stateless_uniform((batch_size, *head.input_shape[1:]), seed=(1, 2))
     labels = tf.range(batch_size) % 3
     if spec["compile"] == "bare":
         head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
@@ -100,6 +105,20 @@ def build_head_step(name: str, feature_dim: int, batch_size: int):
     head.steps_per_execution = spec["steps_per_execution"]  # read when fit builds its train function
     # finish(): as the stage's feature-cache batches (no autotuning wait when fit drops the iterator)
     return head, pipelines.finish(tf.data.Dataset.from_tensors(batch).repeat())
+
+
+def _conv45_only(head):
+    """The head from bn3 on (conv4 and conv5, 97% of its multiply-adds, with their BatchNorm,
+    pool and logits) on conv3's output shape: a step no head can beat. bn3 keeps conv4's input
+    gradient in the step, as in the head (without a trainable layer below it, TensorFlow would
+    skip that half of conv4's backward pass)."""
+    import keras
+
+    inputs = keras.Input(head.get_layer("bn3").output.shape[1:])
+    x = inputs
+    for name in ("bn3", "pad4", "conv4", "relu4", "bn4", "pad5", "conv5", "relu5", "pool", "logits"):
+        x = head.get_layer(name).__class__.from_config(head.get_layer(name).get_config())(x)
+    return keras.Model(inputs, x, name="conv45_only")
 
 
 def keras_child(args) -> None:

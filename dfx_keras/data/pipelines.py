@@ -191,8 +191,8 @@ def finish(ds: tf.data.Dataset, sharded: bool = False) -> tf.data.Dataset:
     from the first batch: an iterator dropped after 6 s blocks the caller until 10.2 s, one
     dropped after 40 s until 41 s or 82 s. Keras drops one at the end of every ``fit`` and
     every validation or prediction pass, so small runs paid up to a pass's time again
-    (tests/test_pipelines.py pins the wait). Without the model, ``AUTOTUNE`` map parallelism is
-    the core count and ``AUTOTUNE`` prefetch buffers still grow on demand.
+    (tests/test_pipelines.py pins the wait). Without the model, ``AUTOTUNE`` map parallelism stays
+    at tf.data's starting value (16, at most the core count) and prefetch buffers still grow.
 
     ``sharded`` tells a multi-worker strategy how ``ds`` is split among workers (one machine:
     ignored): ``ds`` already holds only this worker's images (``share``), so the worker keeps
