@@ -193,3 +193,4 @@ def test_tensorflow_blocks_deleting_an_autotuned_iterator_and_finish_avoids_it()
     ours = [_deletion_wait(pipelines.finish(endless), 0.07) for _ in range(15)]
     assert np.median(ours) < 0.02, ours
     assert not pipelines.finish(endless).options().autotune.enabled
+    assert pipelines.finish(endless).options().autotune.initial_parallelism == os.cpu_count()

@@ -191,8 +191,9 @@ def finish(ds: tf.data.Dataset, sharded: bool = False) -> tf.data.Dataset:
     from the first batch: an iterator dropped after 6 s blocks the caller until 10.2 s, one
     dropped after 40 s until 41 s or 82 s. Keras drops one at the end of every ``fit`` and
     every validation or prediction pass, so small runs paid up to a pass's time again
-    (tests/test_pipelines.py pins the wait). Without the model, ``AUTOTUNE`` map parallelism stays
-    at tf.data's starting value (16, at most the core count) and prefetch buffers still grow.
+    (tests/test_pipelines.py pins the wait). Without the model, ``AUTOTUNE`` maps run at
+    ``initial_parallelism``, set to the core count (the most the tuner would give them; tf.data's
+    default, 16, would starve a many-core GPU host), and prefetch buffers still grow on demand.
 
     ``sharded`` tells a multi-worker strategy how ``ds`` is split among workers (one machine:
     ignored): ``ds`` already holds only this worker's images (``share``), so the worker keeps
@@ -203,6 +204,7 @@ def finish(ds: tf.data.Dataset, sharded: bool = False) -> tf.data.Dataset:
     """
     options = tf.data.Options()
     options.autotune.enabled = False
+    options.autotune.initial_parallelism = os.cpu_count() or 1
     policy = tf.data.experimental.AutoShardPolicy
     options.experimental_distribute.auto_shard_policy = policy.OFF if sharded else policy.DATA
     return ds.prefetch(AUTOTUNE).with_options(options)
