@@ -457,6 +457,23 @@ print(json.dumps({k: v.numpy().tolist() for k, v in out.items() if k != "class_n
 """
 
 
+def test_the_serving_graphs_decode_pipeline_runs_without_the_autotuning_model(exported):
+    """TF Serving runs the SavedModel's own dataset ops: each request's decode pipeline must
+    carry ``autotune.enabled = False`` (``pipelines.without_autotuning``), or deleting its
+    iterator can wait for the tuner's next wake-up (a one-image request's p90 doubled)."""
+    from tensorflow.core.framework import dataset_options_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0].graph_def
+    nodes = [*graph.node, *(n for fn in graph.library.function for n in fn.node_def)]
+    options = [dataset_options_pb2.Options.FromString(n.attr["serialized_options"].s)
+               for n in nodes if n.op == "OptionsDataset"]
+    assert options and all(o.autotune_options.HasField("enabled") and not o.autotune_options.enabled for o in options)
+
+
 def test_export_runs_in_a_fresh_process_with_only_tensorflow(exported, serve_bytes, tmp_path):
     png = encode(random_image(45, 55, 12), "PNG")
     (tmp_path / "image.png").write_bytes(png)

@@ -184,16 +184,9 @@ def decoded_shape(encoded: tf.Tensor) -> tf.Tensor:
 
 
 def finish(ds: tf.data.Dataset, sharded: bool = False) -> tf.data.Dataset:
-    """The end of every pipeline here: prefetch, then the options that every iterator needs.
-
-    Without tf.data's autotuning model. TensorFlow 2.21 deletes an autotuned iterator only when
-    the model's thread next wakes up, and that thread sleeps 10 ms, 20 ms, 40 ms, ... doubling
-    from the first batch: an iterator dropped after 6 s blocks the caller until 10.2 s, one
-    dropped after 40 s until 41 s or 82 s. Keras drops one at the end of every ``fit`` and
-    every validation or prediction pass, so small runs paid up to a pass's time again
-    (tests/test_pipelines.py pins the wait). Without the model, ``AUTOTUNE`` maps run at
-    ``initial_parallelism``, set to the core count (the most the tuner would give them; tf.data's
-    default, 16, would starve a many-core GPU host), and prefetch buffers still grow on demand.
+    """The end of every pipeline here: prefetch, ``without_autotuning``, and the core count as
+    the parallelism of ``AUTOTUNE`` maps (the most the tuner would give them; tf.data's
+    default without it, 16, would starve a many-core GPU host).
 
     ``sharded`` tells a multi-worker strategy how ``ds`` is split among workers (one machine:
     ignored): ``ds`` already holds only this worker's images (``share``), so the worker keeps
@@ -203,11 +196,26 @@ def finish(ds: tf.data.Dataset, sharded: bool = False) -> tf.data.Dataset:
     reader datasets, so TensorFlow's default (shard by file) would warn and do this anyway.
     """
     options = tf.data.Options()
-    options.autotune.enabled = False
     options.autotune.initial_parallelism = os.cpu_count() or 1
     policy = tf.data.experimental.AutoShardPolicy
     options.experimental_distribute.auto_shard_policy = policy.OFF if sharded else policy.DATA
-    return ds.prefetch(AUTOTUNE).with_options(options)
+    return without_autotuning(ds.prefetch(AUTOTUNE)).with_options(options)
+
+
+def without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """``ds`` without tf.data's autotuning model (the thread that retunes parallelism and buffers).
+
+    TensorFlow 2.21 often deletes an autotuned iterator only when that thread next wakes up,
+    and it sleeps 10 ms, 20 ms, 40 ms, ... doubling from the first element: an iterator dropped
+    after 6 s blocks the caller until 10.2 s, one dropped after 40 s until 41 s or 82 s. Keras
+    drops one at the end of every ``fit`` and every validation or prediction pass, and the
+    serving graph one per request (a one-image request's p90 latency doubled), so runs paid up
+    to a pass's time again (tests/test_pipelines.py pins the wait). Prefetch buffers still grow
+    on demand without it.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def folder_source(data_dir: str) -> FolderSource:
