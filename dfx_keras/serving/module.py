@@ -97,9 +97,14 @@ class ServingModule(tf.Module):
         images that failed are those whose indices did not come out.
         """
         count = tf.size(encoded, out_type=tf.int64)
-        decoded = pipelines.without_autotuning(tf.data.Dataset.from_tensor_slices((tf.range(count), encoded)).map(
+        decoded = tf.data.Dataset.from_tensor_slices((tf.range(count), encoded)).map(
             lambda i, e: (i, pipelines.decode_and_resize(e, self.image_size)),
-            num_parallel_calls=DECODE_PARALLELISM, deterministic=True).ignore_errors())
+            num_parallel_calls=DECODE_PARALLELISM, deterministic=True).ignore_errors()
+        # tf.data rewrites each request's pipeline graph before running it; nothing in these two
+        # steps gains from that (3.5 ms of a 13 ms pipeline per request, measured).
+        options = tf.data.Options()
+        options.experimental_optimization.apply_default_optimizations = False
+        decoded = pipelines.without_autotuning(decoded.with_options(options))
         empty = (tf.zeros([0], tf.int64), tf.zeros([0, self.image_size, self.image_size, 3]))
         indices, images = decoded.batch(tf.maximum(count, 1)).reduce(empty, lambda _, batch: batch)
         failed = tf.sparse.to_dense(tf.sets.difference(tf.range(count)[None], indices[None]))[0]
