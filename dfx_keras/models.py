@@ -87,7 +87,7 @@ def feature_extractor(base_model: keras.Model) -> keras.Model:
                        name=f"{base_model.name}_features")
 
 
-def _features(extractor_output):
+def extractor_features(extractor_output):
     """The features of an extractor's output: a complete model saved before the extractors kept
     their base model's output (a bare tensor) loads too."""
     return extractor_output[0] if isinstance(extractor_output, (list, tuple)) else extractor_output
@@ -225,7 +225,7 @@ def detector_model(complete: keras.Model) -> keras.Model:
         return keras.Model(complete.input, {"logits": complete.output}, name=f"{complete.name}_detector")
     inputs = keras.Input(complete.input_shape[1:], name=IMAGE_INPUT)
     outputs = [extractor(inputs) for extractor in base_feature_extractors(complete)]
-    logits = head_of(complete)(stack_features([_features(o) for o in outputs]))
+    logits = head_of(complete)(stack_features([extractor_features(o) for o in outputs]))
     if not has_base_outputs(complete):
         return keras.Model(inputs, {"logits": logits}, name=f"{complete.name}_detector")
     scores = [layers.Softmax(name=f"base_softmax_{i}")(o[1]) for i, o in enumerate(outputs)]

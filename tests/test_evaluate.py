@@ -253,6 +253,37 @@ def test_a_results_dir_that_cannot_be_written_is_refused_before_any_work(workdir
         assert "Traceback" not in result.stderr and "test pool" not in result.stdout  # nothing ran
 
 
+def _shared_calls(clf):
+    """The calls of non-inlined functions in the classifier's traced graph."""
+    graph = clf.probabilities.get_concrete_function().graph
+    return [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+
+
+def test_the_three_base_models_are_traced_once_with_the_same_probabilities(workdir):
+    """``classifier.traced_once``: one non-inlined function for the three base models' shared
+    architecture, called on each one's weights; the complete model's own probabilities."""
+    complete = models.load_model(os.path.join(workdir[0], "models", "complete.keras"))
+    clf = classifier.keras_classifier(complete)
+    images = np.random.default_rng(0).uniform(0, 255, (5, SIZE, SIZE, 3)).astype(np.float32)
+    expected = tf.nn.softmax(complete(images, training=False)).numpy()
+    np.testing.assert_allclose(clf.probabilities(images).numpy(), expected, atol=1e-6)
+    calls = _shared_calls(clf)
+    assert len(calls) == 3 and len({op.get_attr("f").name for op in calls}) == 1
+
+
+def test_base_models_of_different_architectures_are_called_as_they_are():
+    """Extractors that differ (here one with NPR's input residual) share no trace; same outputs."""
+    keras.utils.set_random_seed(0)
+    base = [models.build_base_model("tiny", SIZE, None, name=models.base_model_name(c), input_residual=r)
+            for c, r in (("dm_generated", "npr"), ("gan_generated", "none"), ("real", "none"))]
+    complete = models.build_complete_model(*base)
+    clf = classifier.keras_classifier(complete)
+    images = np.random.default_rng(1).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
+    np.testing.assert_allclose(clf.probabilities(images).numpy(),
+                               tf.nn.softmax(complete(images, training=False)).numpy(), atol=1e-6)
+    assert _shared_calls(clf) == []
+
+
 def test_every_protocol_and_ragged_last_batches_reuse_one_traced_function(workdir, tmp_path):
     """One trace per input size for the whole evaluation (raw, 13 attacks, generalization sets of
     another size, batch 1): start-up pays tracing once; a ragged last batch gives the same

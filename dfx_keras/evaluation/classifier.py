@@ -66,9 +66,52 @@ def keras_classifier(model, name: str = "model", source_path: str = "", calibrat
         module = ServingModule(model, temperature=(calibration or {}).get("temperature", 1.0))
         return _signature_classifier(lambda batch: module.serve_bytes(image_bytes=tf.cast(batch, tf.string)), name,
                                      None, source_path, module.max_pixels, calibration, keras_model=model)
-    fn = tf.function(lambda images: class_outputs(model(images, training=False))["probabilities"],
+    forward = traced_once(model)
+    fn = tf.function(lambda images: class_outputs(forward(images))["probabilities"],
                      input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     return Classifier(name, size, fn, source_path, calibration=calibration, keras_model=model)
+
+
+def traced_once(model) -> Callable:
+    """images -> logits for inference, with a complete model's three base models traced once.
+
+    They share one architecture: called through the model, a trace builds each of their ops
+    three times and Grappler optimises all three copies (10,772 ops for three DenseNet-121;
+    tracing and the first call 6.8 s of evaluate's 13.9 s start-up). Here one non-inlined
+    ``tf.function`` runs the first extractor's layers on each extractor's weights
+    (``stateless_call``): 1,996 ops, 3.7 s, the same probabilities (benchmarks/RESULTS.md).
+    Any other model (a baseline; extractors whose architectures differ) is called as it is.
+    """
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    from dfx_keras import models
+
+    def architecture(layer) -> list:
+        """Its leaf layers' classes and configs, in order, names left out (Keras numbers the
+        auto-named ones: ``input_layer``, ``input_layer_1``, ...)."""
+        if isinstance(layer, keras.Model):
+            return [leaf for inner in layer.layers for leaf in architecture(inner)]
+        return [(type(layer).__name__, json.dumps({**layer.get_config(), "name": None}, sort_keys=True, default=str))]
+
+    extractors = models.base_feature_extractors(model) if models.is_complete_model(model) else []
+    if len(extractors) != 3 or any(architecture(e) != architecture(extractors[0]) for e in extractors[1:]):
+        return lambda images: model(images, training=False)
+    template, head = extractors[0], models.head_of(model)
+
+    @tf.function(autograph=False, reduce_retracing=True, experimental_attributes={"_noinline": True})
+    def features(trainable, non_trainable, images):
+        outputs, _ = template.stateless_call(trainable, non_trainable, images, training=False)
+        return models.extractor_features(outputs)
+
+    def forward(images):
+        columns = [features([v.value for v in e.trainable_variables], [v.value for v in e.non_trainable_variables],
+                            images) for e in extractors]
+        return head(tf.stack(columns, axis=-1), training=False)
+
+    return forward
 
 
 def _signature_classifier(signature: Callable, name: str, image_size: int | None, path: str, max_pixels: int | None,
