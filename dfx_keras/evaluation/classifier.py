@@ -97,7 +97,8 @@ def traced_once(model) -> Callable:
         return [(type(layer).__name__, json.dumps({**layer.get_config(), "name": None}, sort_keys=True, default=str))]
 
     extractors = models.base_feature_extractors(model) if models.is_complete_model(model) else []
-    if len(extractors) != 3 or any(architecture(e) != architecture(extractors[0]) for e in extractors[1:]):
+    first = architecture(extractors[0]) if len(extractors) == 3 else None
+    if first is None or any(architecture(e) != first for e in extractors[1:]):
         return lambda images: model(images, training=False)
     template, head = extractors[0], models.head_of(model)
 
@@ -109,7 +110,7 @@ def traced_once(model) -> Callable:
     def forward(images):
         columns = [features([v.value for v in e.trainable_variables], [v.value for v in e.non_trainable_variables],
                             images) for e in extractors]
-        return head(tf.stack(columns, axis=-1), training=False)
+        return head(tf.stack(columns, axis=-1), training=False)  # = models.stack_features, on tensors
 
     return forward
 
