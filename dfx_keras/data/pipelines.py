@@ -199,11 +199,12 @@ def finish(ds: tf.data.Dataset, sharded: bool = False) -> tf.data.Dataset:
     options.autotune.initial_parallelism = os.cpu_count() or 1
     policy = tf.data.experimental.AutoShardPolicy
     options.experimental_distribute.auto_shard_policy = policy.OFF if sharded else policy.DATA
-    return without_autotuning(ds.prefetch(AUTOTUNE)).with_options(options)
+    return without_autotuning(ds.prefetch(AUTOTUNE), options)
 
 
-def without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """``ds`` without tf.data's autotuning model (the thread that retunes parallelism and buffers).
+def without_autotuning(ds: tf.data.Dataset, options: tf.data.Options | None = None) -> tf.data.Dataset:
+    """``ds`` with ``options`` (the caller's other settings, completed here) and without
+    tf.data's autotuning model (the thread that retunes parallelism and buffers).
 
     TensorFlow 2.21 often deletes an autotuned iterator only when that thread next wakes up,
     and it sleeps 10 ms, 20 ms, 40 ms, ... doubling from the first element: an iterator dropped
@@ -213,7 +214,7 @@ def without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
     to a pass's time again (tests/test_pipelines.py pins the wait). Prefetch buffers still grow
     on demand without it.
     """
-    options = tf.data.Options()
+    options = options or tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
 
